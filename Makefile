@@ -1,0 +1,31 @@
+# `make run` and `make test` set themselves up: the venv is built from requirements.txt
+# on first use (and rebuilt when requirements.txt changes).
+VENV := .venv
+STAMP := $(VENV)/.installed-from-requirements
+PYTHON ?= python3
+
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DVC_STUDIO_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: help setup run test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install requirements.txt
+
+$(STAMP): requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+run: $(STAMP)  ## run the pipeline (dvc repro)
+	dvc repro
+
+test: $(STAMP)  ## run the tests
+	python -m pytest
+
+clean:  ## remove the venv (outputs stay; `dvc gc` manages the cache)
+	rm -rf $(VENV)

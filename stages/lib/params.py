@@ -1,0 +1,130 @@
+"""The schema of params.yaml: every stage validates the whole file before doing any work.
+
+Every key is required and has no default here: params.yaml is the one place values live.
+
+Unknown keys are rejected at every level, so a typo fails loudly instead of adding a
+param that nothing reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
+                      ValidationError, field_validator)
+
+from .errors import UserError
+
+PARAMS_FILE = "params.yaml"
+NAMED_SOURCES = ("auto", "mnist", "mnist-5k")
+
+PositiveFloat = Annotated[Union[StrictFloat, StrictInt], Field(gt=0)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(_Section):
+    seed: Annotated[StrictInt, Field(ge=0, lt=2**63)]
+    device: Literal["cpu", "cuda", "auto"]
+
+
+class Data(_Section):
+    source: str
+    digits: list[Annotated[StrictInt, Field(ge=0, le=9)]]
+    split: Literal["auto", "official", "random"]
+    valid_pct: Annotated[Union[StrictFloat, StrictInt], Field(gt=0, lt=1)]
+
+    @field_validator("source")
+    @classmethod
+    def _source_named_or_folder(cls, value: str) -> str:
+        if value in NAMED_SOURCES:
+            return value
+        if not value.strip():
+            raise ValueError(f"must be one of {', '.join(NAMED_SOURCES)} or a local folder")
+        # Anything else is taken as a local folder; whether it exists is the download
+        # stage's check, so validating params stays free of I/O.
+        return value
+
+    @field_validator("digits")
+    @classmethod
+    def _two_or_more_distinct(cls, value: list[int]) -> list[int]:
+        if len(value) < 2:
+            raise ValueError("needs two or more digits, e.g. [3, 7]")
+        if len(set(value)) != len(value):
+            raise ValueError("digits must be distinct (a digit is listed twice)")
+        return value
+
+
+class _Training(_Section):
+    lr: PositiveFloat
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    shuffle: StrictBool
+    # `mnist` is the book's mnist_loss (two digits); `bce` is binary cross-entropy on the
+    # logit. With three or more digits both mean cross-entropy over the classes.
+    loss: Literal["mnist", "bce"]
+
+
+class TrainLinear(_Training):
+    init: Literal["book", "torch"]
+
+
+class TrainMLP(_Training):
+    hidden: list[PositiveInt]
+
+    @field_validator("hidden")
+    @classmethod
+    def _at_least_one_layer(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("needs at least one hidden layer width, e.g. [30]")
+        return value
+
+
+class Report(_Section):
+    worst_mistakes: Annotated[StrictInt, Field(ge=1, le=64)]
+
+
+class Params(_Section):
+    base: Base
+    data: Data
+    train_linear: TrainLinear
+    train_mlp: TrainMLP
+    report: Report
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling against params.yaml)"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return f"  {key}: {message} (got {error['input']!r})" if error["type"] != "missing" \
+        else f"  {key}: {message}"
+
+
+def validate_params(raw: object, origin: str = PARAMS_FILE) -> Params:
+    """Validate a parsed params mapping; every problem is listed in one UserError."""
+    if raw is None:
+        raw = {}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = "\n".join(_describe(e) for e in err.errors())
+        raise UserError(f"{origin} is not valid:\n{lines}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; run the stages from the project root") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {err}") from None
+    return validate_params(raw, str(path))
