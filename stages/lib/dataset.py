@@ -1,0 +1,142 @@
+"""From raw IDX files to the tensors every model stage reads.
+
+Targets follow the book: with two digits, 1 for the first listed and 0 for the second
+(3 -> 1, 7 -> 0); with three or more, the digit's position in `digits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .idx import read_images_and_labels
+from .sources import split_files
+
+TENSOR_KEYS = ("images", "targets")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor   # uint8, N×28×28
+    targets: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def resolve_split(split: str, available: list[str], source: str) -> str:
+    """`official` needs a test set; `auto` picks it when there is one, else `random`."""
+    if split == "auto":
+        return "official" if "test" in available else "random"
+    if split == "official" and "test" not in available:
+        raise UserError(f"data.split: official needs the MNIST test set, but source "
+                        f"{source!r} has none; use data.split: random (or auto)")
+    return split
+
+
+def check_digits_available(digits: list[int], available: list[int], source: str) -> None:
+    missing = [d for d in digits if d not in available]
+    if missing:
+        raise UserError(f"data.digits: {missing} not in source {source!r}, which holds "
+                        f"digits {available}")
+
+
+def read_raw_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_name, labels_name = split_files(split)
+    return read_images_and_labels(raw_dir / images_name, raw_dir / labels_name)
+
+
+def class_order(labels: torch.Tensor, digits: list[int]) -> torch.Tensor:
+    """Indices of the images of `digits`, grouped by digit in the order listed.
+
+    Within a digit, the source order is kept: the book trains on all 3s, then all 7s.
+    """
+    return torch.cat([torch.nonzero(labels == d).flatten() for d in digits])
+
+
+def encode_targets(labels: torch.Tensor, digits: list[int]) -> torch.Tensor:
+    lookup = torch.full((10,), -1, dtype=torch.int64)
+    codes = [1, 0] if len(digits) == 2 else list(range(len(digits)))
+    lookup[torch.tensor(digits)] = torch.tensor(codes)
+    return lookup[labels.long()]
+
+
+def target_digits(digits: list[int]) -> list[int]:
+    """target_digits(digits)[t] is the digit that target value t stands for."""
+    return [digits[1], digits[0]] if len(digits) == 2 else list(digits)
+
+
+def make_split(images: torch.Tensor, labels: torch.Tensor, digits: list[int]) -> Split:
+    order = class_order(labels, digits)
+    return Split(images=images[order].contiguous(),
+                 targets=encode_targets(labels[order], digits))
+
+
+def random_valid_mask(n: int, valid_pct: float, seed: int) -> torch.Tensor:
+    """A seeded mask choosing round(n * valid_pct) of n items for validation."""
+    generator = torch.Generator().manual_seed(seed)
+    n_valid = round(n * valid_pct)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[:n_valid]] = True
+    return mask
+
+
+def build_splits(raw_dir: Path, digits: list[int], split: str, valid_pct: float,
+                 seed: int) -> tuple[Split, Split]:
+    train_images, train_labels = map(torch.from_numpy, read_raw_split(raw_dir, "train"))
+    if split == "official":
+        valid_images, valid_labels = map(torch.from_numpy, read_raw_split(raw_dir, "test"))
+    else:
+        chosen = torch.isin(train_labels, torch.tensor(digits, dtype=train_labels.dtype))
+        images, labels = train_images[chosen], train_labels[chosen]
+        in_valid = random_valid_mask(len(labels), valid_pct, seed)
+        train_images, train_labels = images[~in_valid], labels[~in_valid]
+        valid_images, valid_labels = images[in_valid], labels[in_valid]
+    return (make_split(train_images, train_labels, digits),
+            make_split(valid_images, valid_labels, digits))
+
+
+def class_counts(split: Split, digits: list[int]) -> dict[str, int]:
+    counts = torch.bincount(split.targets, minlength=len(digits))
+    names = target_digits(digits)
+    return {str(d): int(counts[names.index(d)]) for d in digits}
+
+
+def check_no_empty_class(counts: dict[str, dict[str, int]]) -> None:
+    for split_name, per_digit in counts.items():
+        empty = [d for d, n in per_digit.items() if n == 0]
+        if empty:
+            raise UserError(f"data.digits: no images of digit(s) {', '.join(empty)} in the "
+                            f"{split_name} split; raise data.valid_pct or pick other digits")
+
+
+def save_split(split: Split, path: Path) -> None:
+    from .files import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        torch.save({"images": split.images, "targets": split.targets}, handle)
+
+
+def load_split(path: str | Path) -> Split:
+    """Load a split written by save_split, refusing anything else."""
+    path = Path(path)
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; run `dvc repro tensorise` first") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
+        raise UserError(f"{path} is not a tensor file this pipeline wrote ({err})") from None
+    if not isinstance(data, dict) or set(data) != set(TENSOR_KEYS):
+        raise UserError(f"{path} is not a tensor file this pipeline wrote "
+                        f"(expected keys {list(TENSOR_KEYS)})")
+    images, targets = data["images"], data["targets"]
+    if images.dtype != torch.uint8 or images.shape[1:] != (28, 28) or \
+            targets.dtype != torch.int64 or len(images) != len(targets):
+        raise UserError(f"{path}: expected uint8 images N×28×28 and int64 targets of equal "
+                        f"length, got {tuple(images.shape)} {images.dtype} and "
+                        f"{tuple(targets.shape)} {targets.dtype}")
+    return Split(images=images, targets=targets)

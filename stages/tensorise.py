@@ -1,0 +1,41 @@
+"""Stage `tensorise`: pick data.digits from data/raw, split, save uint8 tensors + meta."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from stages.lib.dataset import (build_splits, check_digits_available, check_no_empty_class,
+                                class_counts, resolve_split, save_split, target_digits)
+from stages.lib.errors import run_stage
+from stages.lib.files import read_json, write_json
+from stages.lib.params import load_params
+
+RAW_DIR = Path("data/raw")
+TENSOR_DIR = Path("data/tensors")
+
+
+def main() -> None:
+    params = load_params()
+    data = params.data
+    manifest = read_json(RAW_DIR / "manifest.json", "the download manifest")
+    source = manifest["source"]
+    split = resolve_split(data.split, manifest["splits"], source)
+    check_digits_available(data.digits, manifest["digits"], source)
+
+    train, valid = build_splits(RAW_DIR, data.digits, split, data.valid_pct, params.base.seed)
+    counts = {"train": class_counts(train, data.digits), "valid": class_counts(valid, data.digits)}
+    check_no_empty_class(counts)
+
+    save_split(train, TENSOR_DIR / "train.pt")
+    save_split(valid, TENSOR_DIR / "valid.pt")
+    write_json(TENSOR_DIR / "meta.json", {
+        "source": source, "digits": data.digits, "split": split,
+        "target_digits": target_digits(data.digits),
+        "n_train": len(train), "n_valid": len(valid), "counts": counts})
+    print(f"tensorise: {source}, digits {data.digits}, split {split}: "
+          f"train {counts['train']}, valid {counts['valid']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_stage("tensorise", main)

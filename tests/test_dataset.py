@@ -1,0 +1,102 @@
+"""tensorise's pieces: digit selection and order, targets, splits, counts, safe loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.lib.dataset import (Split, build_splits, check_digits_available,
+                                check_no_empty_class, class_counts, class_order, encode_targets,
+                                load_split, random_valid_mask, resolve_split, save_split,
+                                target_digits)
+from stages.lib.errors import UserError
+from stages.lib.sources import _write_split
+from tests.helpers import tiny_digits
+
+
+def test_two_digits_first_is_one_like_the_book():
+    labels = torch.tensor([3, 7, 7, 3])
+    assert encode_targets(labels, [3, 7]).tolist() == [1, 0, 0, 1]
+    assert encode_targets(labels, [7, 3]).tolist() == [0, 1, 1, 0]
+    assert target_digits([3, 7]) == [7, 3]
+
+
+def test_three_or_more_digits_use_the_position():
+    labels = torch.tensor([9, 0, 4])
+    assert encode_targets(labels, [4, 9, 0]).tolist() == [1, 2, 0]
+    assert encode_targets(torch.arange(10), list(range(10))).tolist() == list(range(10))
+    assert target_digits([4, 9, 0]) == [4, 9, 0]
+
+
+def test_class_order_groups_by_digit_in_listed_order_keeping_source_order():
+    labels = torch.tensor([7, 3, 1, 7, 3, 3])
+    assert class_order(labels, [3, 7]).tolist() == [1, 4, 5, 0, 3]
+
+
+def test_random_valid_mask_is_seeded_and_sized():
+    a, b = random_valid_mask(100, 0.2, seed=1), random_valid_mask(100, 0.2, seed=1)
+    assert torch.equal(a, b) and int(a.sum()) == 20
+    assert not torch.equal(a, random_valid_mask(100, 0.2, seed=2))
+
+
+def test_resolve_split():
+    assert resolve_split("auto", ["train", "test"], "mnist") == "official"
+    assert resolve_split("auto", ["train"], "mnist-5k") == "random"
+    assert resolve_split("random", ["train", "test"], "mnist") == "random"
+    with pytest.raises(UserError, match="data.split: official needs the MNIST test set, but "
+                                        "source 'mnist-5k' has none"):
+        resolve_split("official", ["train"], "mnist-5k")
+
+
+def test_digits_missing_from_the_source():
+    with pytest.raises(UserError, match=r"data.digits: \[4\] not in source 'mnist_sample'"):
+        check_digits_available([3, 4], [3, 7], "mnist_sample")
+
+
+def test_empty_class_is_an_error():
+    with pytest.raises(UserError, match="no images of digit.* 7 in the valid split"):
+        check_no_empty_class({"train": {"3": 5, "7": 5}, "valid": {"3": 1, "7": 0}})
+
+
+def write_raw(folder, with_test=True):
+    _write_split(folder, "train", *tiny_digits(5, seed=1))
+    if with_test:
+        _write_split(folder, "test", *tiny_digits(2, seed=2))
+
+
+def test_official_split_uses_the_test_set(tmp_path):
+    write_raw(tmp_path)
+    train, valid = build_splits(tmp_path, [3, 7], "official", 0.2, seed=0)
+    assert class_counts(train, [3, 7]) == {"3": 5, "7": 5}
+    assert class_counts(valid, [3, 7]) == {"3": 2, "7": 2}
+    assert train.targets.tolist() == [1] * 5 + [0] * 5
+    assert train.images.dtype == torch.uint8 and train.images.shape == (10, 28, 28)
+    assert train.targets.dtype == torch.int64
+
+
+def test_random_split_partitions_the_training_images(tmp_path):
+    write_raw(tmp_path, with_test=False)
+    train, valid = build_splits(tmp_path, [0, 1, 2], "random", 0.4, seed=3)
+    assert len(train) + len(valid) == 15 and len(valid) == 6
+    together = torch.cat([train.images, valid.images]).flatten(1)
+    assert len(torch.unique(together, dim=0)) == 15  # nothing lost, nothing twice
+    again = build_splits(tmp_path, [0, 1, 2], "random", 0.4, seed=3)
+    assert torch.equal(again[1].images, valid.images)
+
+
+def test_save_and_load_split(tmp_path):
+    split = Split(torch.zeros(3, 28, 28, dtype=torch.uint8), torch.tensor([0, 1, 0]))
+    save_split(split, tmp_path / "s.pt")
+    loaded = load_split(tmp_path / "s.pt")
+    assert torch.equal(loaded.images, split.images) and torch.equal(loaded.targets, split.targets)
+
+
+def test_loading_a_foreign_or_missing_tensor_file(tmp_path):
+    with pytest.raises(UserError, match="not found; run `dvc repro tensorise`"):
+        load_split(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a tensor file this pipeline wrote"):
+        load_split(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="not a tensor file this pipeline wrote"):
+        load_split(tmp_path / "junk.pt")

@@ -1,0 +1,88 @@
+"""Stages run as the user runs them (`python -m stages.<name>`): bad input stops them with
+one clear line, exit code 2, no traceback, and nothing half-written."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.helpers import make_project, read_json, run_stage, set_params
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path / "project")
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error in stage" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def corrupted_mirror(shared_mnist, folder, name, how):
+    folder.mkdir()
+    for file in shared_mnist.glob("*.gz"):
+        shutil.copy(file, folder / file.name)
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2] if how == "truncate"
+                                else data[:100] + b"\x00" * 8 + data[108:])
+    return folder
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_corrupted_mirror_file_is_rejected_and_nothing_written(project, shared_mnist, tmp_path,
+                                                                how):
+    set_params(project, {"data.source": "mnist"})
+    mirror = corrupted_mirror(shared_mnist, tmp_path / "mirror", "train-labels-idx1-ubyte.gz",
+                              how)
+    result = run_stage(project, "download", mirrors=str(mirror))
+    assert_user_error(result, "could not get a verified copy of train-labels-idx1-ubyte.gz",
+                      f"{mirror} -> train-labels-idx1-ubyte.gz: md5")
+    assert not (project / "data" / "raw").exists()
+    assert not any((project / "data").glob(".raw.*"))
+
+
+def test_second_mirror_used_when_first_is_corrupted(project, shared_mnist, tmp_path,
+                                                     mnist_mirror_url):
+    set_params(project, {"data.source": "mnist"})
+    mirror = corrupted_mirror(shared_mnist, tmp_path / "mirror", "t10k-images-idx3-ubyte.gz",
+                              "flip")
+    result = run_stage(project, "download", mirrors=f"{mirror},{mnist_mirror_url}", check=True)
+    assert f"t10k-images-idx3-ubyte.gz: verified (from {mnist_mirror_url})" in result.stderr
+    assert read_json(project / "data/raw/manifest.json")["source"] == "mnist"
+
+
+def test_offline_auto_falls_back_to_mnist_5k_loudly(project):
+    result = run_stage(project, "download", check=True)
+    assert "WARNING: full MNIST could not be downloaded" in result.stderr
+    manifest = read_json(project / "data/raw/manifest.json")
+    assert manifest["source"] == "mnist-5k" and manifest["requested"] == "auto"
+    assert manifest["splits"] == ["train"]
+
+
+def test_official_split_with_mnist_5k_is_an_error(project):
+    set_params(project, {"data.source": "mnist-5k", "data.split": "official"})
+    run_stage(project, "download", check=True)
+    result = run_stage(project, "tensorise")
+    assert_user_error(result, "data.split: official needs the MNIST test set")
+    assert not (project / "data" / "tensors").exists()
+
+
+def test_invalid_params_stop_a_stage_before_any_work(project):
+    set_params(project, {"data.digits": [3]})
+    result = run_stage(project, "download")
+    assert_user_error(result, "params.yaml is not valid", "data.digits: needs two or more")
+    assert not (project / "data").exists()
+
+
+def test_missing_local_folder(project, tmp_path):
+    set_params(project, {"data.source": str(tmp_path / "no-such-folder")})
+    assert_user_error(run_stage(project, "download"), "no-such-folder does not exist")
+
+
+def test_tensorise_before_download(project):
+    assert_user_error(run_stage(project, "tensorise"), "the download manifest not found")
