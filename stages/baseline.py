@@ -1,0 +1,42 @@
+"""Stage `baseline`: pixel similarity, nearest mean image by L1 and by L2."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from stages.lib.dataset import load_split
+from stages.lib.errors import run_stage
+from stages.lib.files import atomic_open, read_json, write_json
+from stages.lib.metrics import classification_metrics
+from stages.lib.params import load_params
+from stages.lib.similarity import DISTANCES, class_means, predict_nearest
+
+TENSOR_DIR = "data/tensors"
+
+
+def main() -> None:
+    load_params()  # fail on a bad params.yaml here too, before any work
+    meta = read_json(f"{TENSOR_DIR}/meta.json", "the tensorise metadata")
+    digits = meta["digits"]
+    train, valid = load_split(f"{TENSOR_DIR}/train.pt"), load_split(f"{TENSOR_DIR}/valid.pt")
+
+    means = class_means(train.images, train.targets, len(digits))
+    metrics = {kind: classification_metrics(predict_nearest(valid.images, means, kind),
+                                            valid.targets, digits)
+               for kind in DISTANCES}
+    metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"])
+
+    with atomic_open("models/baseline.pt") as handle:
+        torch.save({"means": means, "digits": digits,
+                    "target_digits": meta["target_digits"]}, handle)
+    write_json("metrics/baseline.json", metrics)
+    for kind in DISTANCES:
+        print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "
+              f"{metrics[kind]['balanced_accuracy']}, per class {metrics[kind]['per_class']}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_stage("baseline", main)

@@ -1,0 +1,36 @@
+"""Accuracy as DESIGN.md defines it: pooled, balanced (mean per class), and per class."""
+
+from __future__ import annotations
+
+import torch
+
+from .dataset import target_digits
+
+DECIMALS = 4
+
+
+def per_class_accuracy(preds: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Accuracy within each target class, as a float64 tensor of length n_classes."""
+    correct = torch.bincount(targets[preds == targets], minlength=n_classes).double()
+    totals = torch.bincount(targets, minlength=n_classes).double()
+    return correct / totals
+
+
+def classification_metrics(preds: torch.Tensor, targets: torch.Tensor,
+                           digits: list[int]) -> dict:
+    """The metric keys every metrics/*.json shares; per_class is keyed by digit."""
+    preds, targets = preds.cpu(), targets.cpu()
+    per_class = per_class_accuracy(preds, targets, len(digits))
+    names = target_digits(digits)
+    return {
+        "accuracy": round((preds == targets).double().mean().item(), DECIMALS),
+        "balanced_accuracy": round(per_class.mean().item(), DECIMALS),
+        "per_class": {str(d): round(per_class[names.index(d)].item(), DECIMALS)
+                      for d in digits},
+    }
+
+
+def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """counts[t, p]: how many images of target t were predicted as p."""
+    flat = targets.cpu() * n_classes + preds.cpu()
+    return torch.bincount(flat, minlength=n_classes * n_classes).view(n_classes, n_classes)
