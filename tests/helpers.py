@@ -165,3 +165,18 @@ def read_json(path: Path):
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def copy_project(source: Path, target: Path, commit: bool = True) -> Path:
+    """A copy of a project that has run (outputs and DVC cache included), committed."""
+    shutil.copytree(source, target, symlinks=True)
+    if commit:
+        git(target, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+        git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ran")
+    return target
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages `dvc repro` / `dvc exp run` says it ran, in order."""
+    return [line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage '")]

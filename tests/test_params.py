@@ -82,6 +82,17 @@ def test_wrong_types_are_rejected_not_coerced(dotted, value):
     assert dotted in error_for(with_change(dotted, value))
 
 
+@pytest.mark.parametrize("value, expected", [("1e-3", 0.001), (1, 1.0), (0.5, 0.5)])
+def test_learning_rate_accepts_yaml_exponents_and_ints(value, expected):
+    # PyYAML reads `1e-3` (no dot) as a string; the schema takes it as the number it is.
+    assert validate_params(with_change("train_mlp.lr", value)).train_mlp.lr == expected
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", float("inf")])
+def test_learning_rate_must_be_finite(value):
+    assert "train_mlp.lr" in error_for(with_change("train_mlp.lr", value))
+
+
 def test_every_problem_is_listed_in_one_message():
     params = with_change("train_mlp.lr", 0)
     params["data"]["digits"] = [4]

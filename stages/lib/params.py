@@ -9,18 +9,32 @@ param that nothing reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
-                      ValidationError, field_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat,
+                      StrictInt, ValidationError, field_validator)
 
 from .errors import UserError
 
 PARAMS_FILE = "params.yaml"
 NAMED_SOURCES = ("auto", "mnist", "mnist-5k")
 
-PositiveFloat = Annotated[Union[StrictFloat, StrictInt], Field(gt=0)]
+
+def _yaml_float(value: object) -> object:
+    """Accept `1e-3`: PyYAML reads exponents without a dot as strings (YAML 1.1)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+Float = Annotated[StrictFloat, Field(allow_inf_nan=False), BeforeValidator(_yaml_float)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
 
@@ -37,7 +51,7 @@ class Data(_Section):
     source: str
     digits: list[Annotated[StrictInt, Field(ge=0, le=9)]]
     split: Literal["auto", "official", "random"]
-    valid_pct: Annotated[Union[StrictFloat, StrictInt], Field(gt=0, lt=1)]
+    valid_pct: Annotated[Float, Field(gt=0, lt=1)]
 
     @field_validator("source")
     @classmethod

@@ -1,0 +1,136 @@
+"""Our own Learner: the chapter's training loop, with nothing hidden.
+
+`fit` runs, per batch: predict, loss, backward, step, zero grad; then validates. Batches are
+cut from tensors by index (slices when not shuffling), never from a list of tuples.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --- losses and predictions ---------------------------------------------------------------
+
+def mnist_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The book's loss: how far the sigmoid is from the right side, averaged."""
+    preds = logits[:, 0].sigmoid()
+    return torch.where(targets == 1, 1 - preds, preds).mean()
+
+
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
+
+
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets)
+
+
+def loss_function(name: str, n_classes: int) -> LossFn:
+    """The loss for a params `loss` name; three or more classes always use cross-entropy."""
+    if n_classes > 2:
+        return cross_entropy_loss
+    return {"mnist": mnist_loss, "bce": bce_loss}[name]
+
+
+def predict(logits: torch.Tensor) -> torch.Tensor:
+    """Target class per row: sigmoid > 0.5 for one logit, argmax for several."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+def confidence(logits: torch.Tensor) -> torch.Tensor:
+    """The probability the model gives its own prediction."""
+    if logits.shape[1] == 1:
+        p = logits[:, 0].sigmoid()
+        return torch.maximum(p, 1 - p)
+    return logits.softmax(dim=1).max(dim=1).values
+
+
+# --- the Learner ---------------------------------------------------------------------------
+
+class TrainingDiverged(RuntimeError):
+    def __init__(self, epoch: int, train_loss: float, valid_loss: float):
+        super().__init__(f"loss or weights not finite at epoch {epoch} "
+                         f"(train_loss {train_loss}, valid_loss {valid_loss})")
+        self.epoch = epoch
+
+
+@dataclass
+class Learner:
+    model: nn.Module
+    train_x: torch.Tensor   # float, N×784
+    train_y: torch.Tensor   # int64 targets, N
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+    loss_fn: LossFn
+    opt: torch.optim.Optimizer
+    batch_size: int = 256
+    generator: torch.Generator | None = None  # set: shuffle every epoch with it
+    log: TextIO | None = field(default=sys.stdout)
+    history: list[dict] = field(default_factory=list)
+
+    def batches(self) -> list[torch.Tensor] | list[slice]:
+        n = len(self.train_y)
+        if self.generator is None:
+            return [slice(i, i + self.batch_size) for i in range(0, n, self.batch_size)]
+        order = torch.randperm(n, generator=self.generator).to(self.train_y.device)
+        return list(order.split(self.batch_size))
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        total = torch.zeros((), device=self.train_y.device)
+        for index in self.batches():
+            xb, yb = self.train_x[index], self.train_y[index]
+            loss = self.loss_fn(self.model(xb), yb)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad()
+            # Summed on the device: no per-batch .item() sync.
+            total += loss.detach() * len(yb)
+        return total.item() / len(self.train_y)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self.model(chunk) for chunk in x.split(4096)])
+
+    def validate(self) -> tuple[float, float]:
+        logits = self.logits(self.valid_x)
+        loss = self.loss_fn(logits, self.valid_y).item()
+        accuracy = (predict(logits) == self.valid_y).double().mean().item()
+        return loss, accuracy
+
+    def fit(self, epochs: int) -> list[dict]:
+        self._print_row("epoch", "train_loss", "valid_loss", "accuracy", "time")
+        for _ in range(epochs):
+            start = time.perf_counter()
+            train_loss = self.train_epoch()
+            valid_loss, accuracy = self.validate()
+            epoch = len(self.history)
+            if not self._finite(train_loss, valid_loss):
+                raise TrainingDiverged(epoch, train_loss, valid_loss)
+            seconds = time.perf_counter() - start
+            self.history.append({"epoch": epoch, "train_loss": train_loss,
+                                 "valid_loss": valid_loss, "valid_accuracy": accuracy})
+            self._print_row(epoch, f"{train_loss:.6f}", f"{valid_loss:.6f}",
+                            f"{accuracy:.6f}", f"{seconds:.2f}s")
+        return self.history
+
+    def _finite(self, *losses: float) -> bool:
+        # Weights too: a saturated sigmoid keeps mnist_loss finite while weights blow up.
+        return all(torch.isfinite(torch.tensor(losses))) and all(
+            torch.isfinite(p).all() for p in self.model.parameters())
+
+    def _print_row(self, *cells) -> None:
+        if self.log is not None:
+            print("  ".join(f"{str(c):<10}" for c in cells).rstrip(), file=self.log, flush=True)

@@ -1,0 +1,65 @@
+"""The chapter's models, rebuilt from a small config so checkpoints load with weights_only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .files import atomic_open
+
+N_PIXELS = 28 * 28
+CHECKPOINT_KEYS = {"config", "state_dict", "digits", "target_digits"}
+
+
+def n_outputs(digits: list[int]) -> int:
+    """One logit for two digits (the book's sigmoid output), one per class otherwise."""
+    return 1 if len(digits) == 2 else len(digits)
+
+
+def build_model(config: dict) -> nn.Module:
+    """A model from its config: {"kind": "linear"|"mlp", "n_outputs": k, "hidden": [...]}."""
+    widths = [N_PIXELS, *config.get("hidden", []), config["n_outputs"]]
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+@torch.no_grad()
+def book_init_(model: nn.Module) -> nn.Module:
+    """The chapter's `init_params`: every weight and bias drawn from randn (std 1)."""
+    for param in model.parameters():
+        param.copy_(torch.randn(param.shape))
+    return model
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: dict, digits: list[int],
+                    target_digits: list[int]) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_open(path, "wb") as handle:
+        torch.save({"config": config, "state_dict": state, "digits": digits,
+                    "target_digits": target_digits}, handle)
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by save_checkpoint; anything else is a clear error."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} not found; run `dvc repro` first") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
+        raise UserError(f"{path} is not a checkpoint this pipeline wrote ({err})") from None
+    if not isinstance(checkpoint, dict) or set(checkpoint) != CHECKPOINT_KEYS:
+        raise UserError(f"{path} is not a checkpoint this pipeline wrote "
+                        f"(expected keys {sorted(CHECKPOINT_KEYS)})")
+    model = build_model(checkpoint["config"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the model its config describes "
+                        f"({err})") from None
+    return model.eval(), checkpoint

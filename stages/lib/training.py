@@ -1,0 +1,94 @@
+"""What both training stages do: build the model, fit it, save checkpoint, metrics, history."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .dataset import Split, load_split
+from .errors import UserError
+from .files import atomic_open, read_json, write_json
+from .learner import Learner, TrainingDiverged, loss_function, predict
+from .metrics import DECIMALS, classification_metrics
+from .models import book_init_, build_model, n_outputs, save_checkpoint
+from .params import Params, TrainLinear, TrainMLP
+
+TENSOR_DIR = Path("data/tensors")
+HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("base.device: cuda asked for, but torch sees no CUDA GPU; "
+                        "use cpu or auto")
+    return torch.device(name)
+
+
+def as_inputs(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened float pixels in [0, 1] and int64 targets, on the device."""
+    x = split.images.to(device).view(len(split), -1).float() / 255
+    return x, split.targets.to(device)
+
+
+def model_config(name: str, cfg: TrainLinear | TrainMLP, digits: list[int]) -> dict:
+    hidden = list(getattr(cfg, "hidden", []))
+    return {"kind": name, "n_outputs": n_outputs(digits), "hidden": hidden}
+
+
+def history_tsv(history: list[dict]) -> str:
+    rows = ["\t".join(HISTORY_COLUMNS)]
+    for row in history:
+        rows.append("\t".join(str(row["epoch"]) if col == "epoch" else f"{row[col]:.6f}"
+                              for col in HISTORY_COLUMNS))
+    return "\n".join(rows) + "\n"
+
+
+def train_stage(name: str, params: Params) -> None:
+    """Train `name` ("linear" or "mlp") with params.train_<name>; write its three outputs."""
+    stage = f"train_{name}"
+    cfg = getattr(params, stage)
+    device = resolve_device(params.base.device)
+    meta = read_json(TENSOR_DIR / "meta.json", "the tensorise metadata")
+    digits = meta["digits"]
+    train, valid = load_split(TENSOR_DIR / "train.pt"), load_split(TENSOR_DIR / "valid.pt")
+
+    torch.manual_seed(params.base.seed)
+    config = model_config(name, cfg, digits)
+    model = build_model(config)
+    if getattr(cfg, "init", "torch") == "book":
+        book_init_(model)
+    model.to(device)
+
+    (train_x, train_y), (valid_x, valid_y) = as_inputs(train, device), as_inputs(valid, device)
+    generator = torch.Generator().manual_seed(params.base.seed) if cfg.shuffle else None
+    learner = Learner(model, train_x, train_y, valid_x, valid_y,
+                      loss_fn=loss_function(cfg.loss, len(digits)),
+                      opt=torch.optim.SGD(model.parameters(), lr=cfg.lr),
+                      batch_size=cfg.batch_size, generator=generator, log=sys.stderr)
+    start = time.perf_counter()
+    try:
+        history = learner.fit(cfg.epochs)
+    except TrainingDiverged as err:
+        raise UserError(f"training diverged with {stage}.lr = {cfg.lr}: {err}. Lower "
+                        f"{stage}.lr; no checkpoint or metrics were written") from None
+    seconds = time.perf_counter() - start
+
+    preds = predict(learner.logits(valid_x))
+    last = history[-1]
+    metrics = {**classification_metrics(preds, valid_y, digits),
+               "train_loss": round(last["train_loss"], DECIMALS),
+               "valid_loss": round(last["valid_loss"], DECIMALS),
+               "epochs": cfg.epochs, "n_train": len(train), "n_valid": len(valid),
+               "source": meta["source"]}
+
+    save_checkpoint(f"models/{name}.pt", model, config, digits, meta["target_digits"])
+    with atomic_open(f"plots/{name}.tsv", "w") as handle:
+        handle.write(history_tsv(history))
+    write_json(f"metrics/{name}.json", metrics)
+    print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
+          f"per class {metrics['per_class']} ({seconds:.1f} s on {device})", file=sys.stderr)

@@ -1,0 +1,61 @@
+"""`dvc repro` end to end, on real MNIST served by a loopback mirror, and offline."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from tests.helpers import (copy_project, read_json, run, run_pipeline_project, set_params,
+                           stages_run)
+
+
+def test_repro_downloads_and_verifies_real_mnist(book_project, shared_mnist):
+    project, _ = book_project
+    manifest = read_json(project / "data/raw/manifest.json")
+    assert manifest["source"] == "mnist" and manifest["splits"] == ["train", "test"]
+    expected = dict(line.split()[::-1] for line in
+                    (shared_mnist / "SHA256SUMS").read_text().splitlines())
+    assert {name: f["sha256"] for name, f in manifest["files"].items()} == expected
+    for name, sha256 in expected.items():
+        assert hashlib.sha256((project / "data/raw" / name).read_bytes()).hexdigest() == sha256
+
+
+def test_tensors_are_exactly_mnist_sample(book_project):
+    project, _ = book_project
+    meta = read_json(project / "data/tensors/meta.json")
+    assert meta["split"] == "official" and meta["source"] == "mnist"
+    assert meta["counts"] == {"train": {"3": 6131, "7": 6265}, "valid": {"3": 1010, "7": 1028}}
+    train = torch.load(project / "data/tensors/train.pt", weights_only=True)
+    assert train["images"].shape == (12396, 28, 28) and train["images"].dtype == torch.uint8
+    assert train["targets"].dtype == torch.int64
+    # The book's order and labels: all 3s (target 1), then all 7s (target 0).
+    assert train["targets"][:6131].eq(1).all() and train["targets"][6131:].eq(0).all()
+
+
+def test_second_repro_runs_nothing(book_project):
+    project, _ = book_project
+    result = run(project, "dvc", "repro")
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date." in result.stdout
+
+
+def test_changing_digits_reruns_tensorise_but_not_download(book_project, tmp_path):
+    project = copy_project(book_project[0], tmp_path / "copy")
+    set_params(project, {"data.digits": [4, 9]})
+    result = run(project, "dvc", "repro", "tensorise")
+    assert "Stage 'download' didn't change, skipping" in result.stdout
+    assert stages_run(result.stdout) == ["tensorise"]
+    assert read_json(project / "data/tensors/meta.json")["counts"]["train"] == \
+        {"4": 5842, "9": 5949}
+
+
+def test_offline_repro_falls_back_to_mnist_5k(tmp_path):
+    project = tmp_path / "project"
+    result = run_pipeline_project(project, {})  # the default params, no mirror
+    assert "WARNING: full MNIST could not be downloaded" in result.stderr
+    meta = read_json(project / "data/tensors/meta.json")
+    assert meta["source"] == "mnist-5k" and meta["split"] == "random"
+    assert meta["n_train"] + meta["n_valid"] == 1000
+    for name in ("baseline", "linear", "mlp"):
+        assert read_json(project / f"metrics/{name}.json")["source"] == "mnist-5k"

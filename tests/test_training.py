@@ -1,0 +1,109 @@
+"""The linear and MLP stages on real MNIST: the book's accuracy, reproducibility, clear
+failure on divergence, and DVC rerunning only what a param change touches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stages.lib.models import load_checkpoint
+from stages.lib.training import HISTORY_COLUMNS
+from tests.helpers import copy_project, read_json, run, run_stage, set_params, stages_run
+
+BOOK = {"linear": 0.9696, "mlp": 0.9828}
+TOLERANCE = {"linear": 0.01, "mlp": 0.005}
+# The all-ten-digits MLP documented in the README ("All ten digits").
+TEN_DIGITS = {"data.digits": list(range(10)), "data.split": "official",
+              "train_mlp.hidden": [128], "train_mlp.lr": 0.5, "train_mlp.epochs": 20,
+              "train_mlp.shuffle": True}
+
+
+@pytest.fixture
+def book_copy(book_project, tmp_path):
+    return copy_project(book_project[0], tmp_path / "copy")
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_reaches_the_books_accuracy(book_project, name):
+    project, _ = book_project
+    metrics = read_json(project / f"metrics/{name}.json")
+    assert metrics["accuracy"] == pytest.approx(BOOK[name], abs=TOLERANCE[name])
+    assert set(metrics) >= {"accuracy", "balanced_accuracy", "per_class", "n_train", "n_valid",
+                            "source", "train_loss", "valid_loss", "epochs"}
+    assert metrics["per_class"].keys() == {"3", "7"}
+
+
+@pytest.mark.parametrize("name, epochs", [("linear", 21), ("mlp", 40)])
+def test_history_has_one_row_per_epoch(book_project, name, epochs):
+    project, _ = book_project
+    lines = (project / f"plots/{name}.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == list(HISTORY_COLUMNS)
+    assert len(lines) == epochs + 1
+    last = dict(zip(HISTORY_COLUMNS, lines[-1].split("\t")))
+    metrics = read_json(project / f"metrics/{name}.json")
+    assert float(last["valid_accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_checkpoint_rebuilds_the_trained_model(book_project, name):
+    project, _ = book_project
+    model, checkpoint = load_checkpoint(project / f"models/{name}.pt")
+    valid = torch.load(project / "data/tensors/valid.pt", weights_only=True)
+    with torch.no_grad():
+        logits = model(valid["images"].view(-1, 784).float() / 255)
+    accuracy = ((logits[:, 0] > 0).long() == valid["targets"]).double().mean().item()
+    assert round(accuracy, 4) == read_json(project / f"metrics/{name}.json")["accuracy"]
+    assert checkpoint["digits"] == [3, 7]
+
+
+def test_metrics_show_lists_all_three_models(book_project):
+    project, _ = book_project
+    shown = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)[""]["data"]
+    assert {"metrics/baseline.json", "metrics/linear.json", "metrics/mlp.json"} <= set(shown)
+
+
+def test_retraining_gives_identical_checkpoints_and_metrics(book_copy):
+    before = {path: (book_copy / path).read_bytes() for path in (
+        "models/linear.pt", "metrics/linear.json", "models/mlp.pt", "metrics/mlp.json",
+        "plots/mlp.tsv")}
+    for stage in ("train_linear", "train_mlp"):
+        run(book_copy, "dvc", "repro", "--force", "--single-item", stage)
+    for path, data in before.items():
+        assert (book_copy / path).read_bytes() == data, path
+
+
+def test_exp_run_with_a_new_mlp_lr_reruns_only_the_mlp(book_copy):
+    result = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5")
+    assert stages_run(result.stdout) == ["train_mlp"]
+    diff = json.loads(run(book_copy, "dvc", "metrics", "diff", "--json").stdout)
+    assert "metrics/mlp.json" in diff and "metrics/linear.json" not in diff
+
+
+def test_exp_run_with_a_typo_fails(book_copy):
+    result = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lrr=0.5", check=False)
+    assert result.returncode != 0
+    assert "lrr" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("stage", ["train_linear", "train_mlp"])
+def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
+    name = stage.removeprefix("train_")
+    set_params(book_copy, {f"{stage}.lr": 1e38, f"{stage}.loss": "bce"})
+    for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv"):
+        (book_copy / path).unlink()
+    result = run_stage(book_copy, stage)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"training diverged with {stage}.lr = 1e+38" in result.stderr
+    for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv"):
+        assert not (book_copy / path).exists()
+
+
+def test_all_ten_digits_mlp_reaches_975_on_the_test_set(book_copy):
+    set_params(book_copy, TEN_DIGITS)
+    result = run(book_copy, "dvc", "repro", "train_mlp")
+    assert stages_run(result.stdout) == ["tensorise", "train_mlp"]
+    metrics = read_json(book_copy / "metrics/mlp.json")
+    assert metrics["n_valid"] == 10000 and len(metrics["per_class"]) == 10
+    assert metrics["accuracy"] >= 0.975
