@@ -16,6 +16,10 @@ from tests.helpers import ROOT, SHARED_MNIST, run_pipeline_project, serve_folder
 os.environ.update(DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="1", MPLBACKEND="Agg",
                   MNIST_OFFLINE="1")
 os.environ.pop("MNIST_MIRRORS", None)
+# Temp repos commit (and `dvc exp run` makes commits) on machines with no git identity.
+for var, value in (("GIT_AUTHOR_NAME", "tests"), ("GIT_AUTHOR_EMAIL", "tests@localhost"),
+                   ("GIT_COMMITTER_NAME", "tests"), ("GIT_COMMITTER_EMAIL", "tests@localhost")):
+    os.environ.setdefault(var, value)
 # Stages run as `python -m ...` inside dvc: make that the python running the tests.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 

@@ -115,8 +115,8 @@ def make_project(project: Path, params: dict | None = None) -> Path:
     if params:
         set_params(project, params)
     git(project, "init", "-q")
-    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "project")
     return project
 
 
@@ -171,8 +171,8 @@ def copy_project(source: Path, target: Path, commit: bool = True) -> Path:
     """A copy of a project that has run (outputs and DVC cache included), committed."""
     shutil.copytree(source, target, symlinks=True)
     if commit:
-        git(target, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-        git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ran")
+        git(target, "add", "-A")
+        git(target, "commit", "-qm", "ran")
     return target
 
 
