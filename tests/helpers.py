@@ -18,7 +18,9 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "mnist"
+# The real MNIST files: ../shared/mnist beside the checkout, or MNIST_TEST_DATA (the GitHub
+# workflow points it at what `dvc repro download` fetched).
+SHARED_MNIST = Path(os.environ.get("MNIST_TEST_DATA", ROOT.parent / "shared" / "mnist"))
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvc/.gitignore",
                  ".dvcignore", ".gitignore")
 

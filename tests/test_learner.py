@@ -168,9 +168,10 @@ def test_book_init_draws_std_one_normals():
 def test_checkpoint_round_trip(tmp_path):
     config = {"kind": "mlp", "n_outputs": 1, "hidden": [5]}
     model = build_model(config)
-    save_checkpoint(tmp_path / "m.pt", model, config, [3, 7], [7, 3])
+    save_checkpoint(tmp_path / "m.pt", model, config, {"lr": 0.1}, [3, 7], [7, 3])
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt")
     assert checkpoint["config"] == config and checkpoint["digits"] == [3, 7]
+    assert checkpoint["training"] == {"lr": 0.1}
     x = torch.rand(4, 784)
     assert torch.equal(loaded(x), model(x))
 
@@ -186,6 +187,6 @@ def test_missing_or_foreign_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "pickled.pt")
     good = {"kind": "linear", "n_outputs": 1}
     save_checkpoint(tmp_path / "bad.pt", build_model({"kind": "mlp", "n_outputs": 1,
-                                                      "hidden": [3]}), good, [3, 7], [7, 3])
+                                                      "hidden": [3]}), good, {}, [3, 7], [7, 3])
     with pytest.raises(UserError, match="weights do not fit"):
         load_checkpoint(tmp_path / "bad.pt")

@@ -6,16 +6,17 @@ import hashlib
 
 import torch
 
+from stages.lib.sources import CANONICAL_FILES
+
 from tests.helpers import (copy_project, read_json, run, run_pipeline_project, set_params,
                            stages_run)
 
 
-def test_repro_downloads_and_verifies_real_mnist(book_project, shared_mnist):
+def test_repro_downloads_and_verifies_real_mnist(book_project):
     project, _ = book_project
     manifest = read_json(project / "data/raw/manifest.json")
     assert manifest["source"] == "mnist" and manifest["splits"] == ["train", "test"]
-    expected = dict(line.split()[::-1] for line in
-                    (shared_mnist / "SHA256SUMS").read_text().splitlines())
+    expected = {name: sha256 for name, (_, sha256) in CANONICAL_FILES.items()}
     assert {name: f["sha256"] for name, f in manifest["files"].items()} == expected
     for name, sha256 in expected.items():
         assert hashlib.sha256((project / "data/raw" / name).read_bytes()).hexdigest() == sha256

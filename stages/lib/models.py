@@ -11,7 +11,7 @@ from .errors import UserError
 from .files import atomic_open
 
 N_PIXELS = 28 * 28
-CHECKPOINT_KEYS = {"config", "state_dict", "digits", "target_digits"}
+CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"}
 
 
 def n_outputs(digits: list[int]) -> int:
@@ -36,12 +36,13 @@ def book_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: dict, digits: list[int],
-                    target_digits: list[int]) -> None:
+def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: dict,
+                    digits: list[int], target_digits: list[int]) -> None:
+    """state_dict + what rebuilds the model, and the settings it was trained with."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_open(path, "wb") as handle:
-        torch.save({"config": config, "state_dict": state, "digits": digits,
-                    "target_digits": target_digits}, handle)
+        torch.save({"config": config, "training": training, "state_dict": state,
+                    "digits": digits, "target_digits": target_digits}, handle)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

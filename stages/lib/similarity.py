@@ -39,6 +39,13 @@ def distances(images: torch.Tensor, means: torch.Tensor, kind: str) -> torch.Ten
 
 
 @torch.no_grad()
+def class_distances(images: torch.Tensor, means: torch.Tensor, kind: str,
+                    batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """N×classes distances from uint8 images to each class mean, computed in batches."""
+    chunks = [distances(to_float(chunk), means, kind) for chunk in images.split(batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, len(means))
+
+
 def predict_nearest(images: torch.Tensor, means: torch.Tensor, kind: str,
                     batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
     """The target class whose mean image is nearest to each image.
@@ -46,6 +53,10 @@ def predict_nearest(images: torch.Tensor, means: torch.Tensor, kind: str,
     On a tie the lower class index wins, which for two digits is the second one listed:
     like the book's `dist(x, mean3) < dist(x, mean7)`, a tie is not called a 3.
     """
-    preds = [distances(to_float(chunk), means, kind).argmin(dim=1)
-             for chunk in images.split(batch_size)]
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+    return class_distances(images, means, kind, batch_size).argmin(dim=1)
+
+
+def nearest_margin(dists: torch.Tensor) -> torch.Tensor:
+    """How much nearer the nearest mean is than the runner-up: the baseline's confidence."""
+    two = dists.topk(2, dim=1, largest=False).values
+    return two[:, 1] - two[:, 0]

@@ -86,9 +86,20 @@ def train_stage(name: str, params: Params) -> None:
                "epochs": cfg.epochs, "n_train": len(train), "n_valid": len(valid),
                "source": meta["source"]}
 
-    save_checkpoint(f"models/{name}.pt", model, config, digits, meta["target_digits"])
+    training = {**cfg.model_dump(exclude={"hidden"}), "seed": params.base.seed}
+    save_checkpoint(f"models/{name}.pt", model, config, training, digits, meta["target_digits"])
     with atomic_open(f"plots/{name}.tsv", "w") as handle:
         handle.write(history_tsv(history))
     write_json(f"metrics/{name}.json", metrics)
     print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
           f"per class {metrics['per_class']} ({seconds:.1f} s on {device})", file=sys.stderr)
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """A history written by history_tsv, back as one dict per epoch."""
+    lines = Path(path).read_text().splitlines()
+    if not lines or tuple(lines[0].split("\t")) != HISTORY_COLUMNS:
+        raise UserError(f"{path} is not a training history (expected columns "
+                        f"{', '.join(HISTORY_COLUMNS)})")
+    return [{col: (int(v) if col == "epoch" else float(v))
+             for col, v in zip(HISTORY_COLUMNS, line.split("\t"))} for line in lines[1:]]

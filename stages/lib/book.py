@@ -1,0 +1,36 @@
+"""The book's published figures (../shared/REFERENCE.md) and the settings they belong to,
+so the report can put the book's number beside ours only where the run matches the book."""
+
+from __future__ import annotations
+
+# The data every figure below is on: MNIST_SAMPLE = the 3s and 7s, MNIST test set as valid.
+BOOK_DATA = {"digits": [3, 7], "split": "official"}
+BOOK_SOURCES = ("mnist", "mnist_sample")
+_BOOK_TRAINING = {"batch_size": 256, "shuffle": False, "loss": "mnist"}
+
+# (model, the settings that must match, the book's figure: metric key -> value)
+BOOK_FIGURES = [
+    ("baseline_l1", {}, {"balanced_accuracy": 0.9511,
+                         "per_class": {"3": 0.9168, "7": 0.9854}}),
+    ("linear", {"init": "book", "lr": 1.0, "epochs": 21, **_BOOK_TRAINING},
+     {"accuracy": 0.9696}),
+    ("linear", {"init": "torch", "lr": 1.0, "epochs": 20, **_BOOK_TRAINING},
+     {"accuracy": 0.9785}),
+    ("mlp", {"hidden": [30], "lr": 0.1, "epochs": 40, **_BOOK_TRAINING},
+     {"accuracy": 0.9828}),
+]
+
+
+def is_book_data(meta: dict) -> bool:
+    return (meta["source"] in BOOK_SOURCES and meta["digits"] == BOOK_DATA["digits"]
+            and meta["split"] == BOOK_DATA["split"])
+
+
+def book_figure(model: str, settings: dict, meta: dict) -> dict | None:
+    """The book's figure for `model` trained with `settings` on `meta`'s data, if it has one."""
+    if not is_book_data(meta):
+        return None
+    for name, required, figure in BOOK_FIGURES:
+        if name == model and all(settings.get(k) == v for k, v in required.items()):
+            return figure
+    return None

@@ -1,0 +1,122 @@
+"""The report's PNG figures, drawn offline with matplotlib (Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display, no browser, no CDN
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .files import atomic_open  # noqa: E402
+
+DPI = 110
+MODEL_COLOURS = {"linear": "tab:blue", "mlp": "tab:orange"}
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+
+
+def training_curves(histories: dict[str, list[dict]], baselines: dict[str, float],
+                    path: Path) -> None:
+    """Validation accuracy and train/valid loss per epoch, baselines as horizontal lines."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        colour = MODEL_COLOURS.get(name)
+        acc_ax.plot(epochs, [r["valid_accuracy"] for r in rows], color=colour, label=name)
+        loss_ax.plot(epochs, [r["train_loss"] for r in rows], color=colour,
+                     label=f"{name} train")
+        loss_ax.plot(epochs, [r["valid_loss"] for r in rows], color=colour, linestyle="--",
+                     label=f"{name} valid")
+    for (label, value), style in zip(baselines.items(), (":", "-.")):
+        acc_ax.axhline(value, color="grey", linestyle=style, label=f"{label} ({value:.4f})")
+    acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss", yscale="log")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def _image_grid(n: int, max_cols: int, cell: float = 1.6):
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell + 0.5),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def mean_images(means: torch.Tensor, labels: list[int], path: Path) -> None:
+    """The chapter's "ideal" digits: the mean training image of each class."""
+    fig, axes = _image_grid(len(labels), max_cols=5, cell=2.0)
+    for ax, image, digit in zip(axes, means, labels):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"ideal {digit}")
+    fig.suptitle("Mean training image per digit")
+    save(fig, path)
+
+
+def confusion_matrices(matrices: dict[str, torch.Tensor], labels: list[int],
+                       path: Path) -> None:
+    """One confusion matrix per model; rows are the true digit, columns the prediction."""
+    n = len(labels)
+    size = 3.2 if n <= 3 else 4.6
+    cols = min(len(matrices), 2 if n > 3 else 4)
+    rows = math.ceil(len(matrices) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    for ax in axes.flat[len(matrices):]:
+        ax.axis("off")
+    for ax, (name, counts) in zip(axes.flat, matrices.items()):
+        ax.imshow(counts, cmap="Blues")
+        ax.set(title=name, xlabel="predicted", ylabel="true", xticks=range(n),
+               yticks=range(n), xticklabels=labels, yticklabels=labels)
+        top = counts.max().item()
+        for (i, j), value in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(),
+                                 counts.flatten().tolist()):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    fontsize=8 if n <= 3 else 6,
+                    color="white" if value > top / 2 else "black")
+    save(fig, path)
+
+
+def linear_weights(weights: torch.Tensor, titles: list[str], path: Path) -> None:
+    """Each output's 784 weights as a 28×28 image: red pushes towards, blue away."""
+    fig, axes = _image_grid(len(titles), max_cols=5, cell=2.4)
+    for ax, row, title in zip(axes, weights, titles):
+        limit = row.abs().max().item() or 1.0
+        shown = ax.imshow(row.view(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Linear model weights")
+    save(fig, path)
+
+
+def worst_mistakes(rows: dict[str, list[tuple[torch.Tensor, int, int, str]]],
+                   path: Path) -> None:
+    """Per model, the wrong predictions it was most confident of: (image, true, pred, score)."""
+    n_cols = max((len(r) for r in rows.values()), default=1) or 1
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * 1.35, len(rows) * 1.75),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (name, mistakes) in enumerate(rows.items()):
+        axes[r][0].text(-0.15, 0.5, name, transform=axes[r][0].transAxes, ha="right",
+                        va="center", fontsize=9, fontweight="bold")
+        if not mistakes:
+            axes[r][0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=8)
+        for ax, (image, true, pred, score) in zip(axes[r], mistakes):
+            ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+            ax.set_title(f"true {true}\npred {pred} ({score})", fontsize=7)
+    fig.suptitle("Most confident mistakes on the validation set")
+    save(fig, path)

@@ -1,0 +1,148 @@
+"""The report: every model's predictions on the validation set, and report.md around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .book import book_figure, is_book_data
+from .dataset import Split
+from .learner import confidence, predict
+from .metrics import confusion_matrix
+from .models import load_checkpoint
+from .similarity import class_distances, nearest_margin
+
+
+@dataclass
+class ModelResult:
+    name: str              # as shown: "baseline L1", "linear", ...
+    key: str               # as in book.BOOK_FIGURES: "baseline_l1", "linear", ...
+    metrics: dict          # the stage's metrics (accuracy, balanced_accuracy, per_class)
+    preds: torch.Tensor    # predicted target per validation image
+    scores: torch.Tensor   # how sure the model was of each prediction
+    score_name: str        # what `scores` is ("p" or "margin")
+    settings: dict         # what it was trained with, for the book lookup
+
+
+def baseline_results(checkpoint: dict, metrics: dict, valid: Split) -> list[ModelResult]:
+    results = []
+    for kind in ("l1", "l2"):
+        dists = class_distances(valid.images, checkpoint["means"], kind)
+        results.append(ModelResult(f"baseline {kind.upper()}", f"baseline_{kind}", metrics[kind],
+                                   dists.argmin(dim=1), nearest_margin(dists), "margin", {}))
+    return results
+
+
+@torch.no_grad()
+def trained_result(name: str, checkpoint_path: Path, metrics: dict,
+                   valid: Split) -> tuple[ModelResult, torch.nn.Module]:
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    logits = torch.cat([model(chunk.view(len(chunk), -1).float() / 255)
+                        for chunk in valid.images.split(4096)])
+    settings = {**checkpoint["training"], "hidden": checkpoint["config"]["hidden"]}
+    return ModelResult(name, name, metrics, predict(logits), confidence(logits), "p",
+                       settings), model
+
+
+def worst_mistakes(result: ModelResult, valid: Split, names: list[int], k: int):
+    """The k wrong predictions with the highest score: (image, true, predicted, score)."""
+    wrong = torch.nonzero(result.preds != valid.targets).flatten()
+    order = wrong[result.scores[wrong].argsort(descending=True, stable=True)][:k]
+    return [(valid.images[i], names[valid.targets[i]], names[result.preds[i]],
+             f"{result.score_name} {result.scores[i]:.3f}") for i in order.tolist()]
+
+
+def confusion_by_digit(result: ModelResult, valid: Split, digits: list[int],
+                       names: list[int]) -> torch.Tensor:
+    """Confusion counts with rows/columns in the order of `digits` (not target values)."""
+    counts = confusion_matrix(result.preds, valid.targets, len(digits))
+    order = torch.tensor([names.index(d) for d in digits])
+    return counts[order][:, order]
+
+
+# --- markdown --------------------------------------------------------------------------------
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _book_cell(figure: dict | None) -> str:
+    if figure is None:
+        return "—"
+    if "accuracy" in figure:
+        return f"{figure['accuracy']:.4f}"
+    per_class = ", ".join(f"{d}: {v:.4f}" for d, v in figure["per_class"].items())
+    return f"{figure['balanced_accuracy']:.4f} balanced ({per_class})"
+
+
+def results_table(results: list[ModelResult], meta: dict) -> str:
+    digits = [str(d) for d in meta["digits"]]
+    book = is_book_data(meta)
+    header = ["model", "accuracy", "balanced accuracy", *(f"acc. {d}" for d in digits)]
+    header += ["the book"] if book else []
+    lines = [_row(header), _row(["---"] * len(header))]
+    for r in results:
+        cells = [r.name, f"{r.metrics['accuracy']:.4f}", f"{r.metrics['balanced_accuracy']:.4f}",
+                 *(f"{r.metrics['per_class'][d]:.4f}" for d in digits)]
+        if book:
+            cells.append(_book_cell(book_figure(r.key, r.settings, meta)))
+        lines.append(_row(cells))
+    return "\n".join(lines)
+
+
+def data_table(meta: dict) -> str:
+    counts = meta["counts"]
+    lines = [_row(["split", *meta["digits"], "total"]), _row(["---"] * (len(meta["digits"]) + 2))]
+    for split in ("train", "valid"):
+        lines.append(_row([split, *(counts[split][str(d)] for d in meta["digits"]),
+                           sum(counts[split].values())]))
+    return "\n".join(lines)
+
+
+def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
+    keys = ("lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden")
+    lines = [_row(["model", *keys, "final train loss", "final valid loss"]),
+             _row(["---"] * (len(keys) + 3))]
+    for r in results:
+        if r.key in metrics:
+            shown = [r.settings.get(k) for k in keys]
+            lines.append(_row([r.name, *(v if v not in (None, []) else "—" for v in shown),
+                               metrics[r.key]["train_loss"], metrics[r.key]["valid_loss"]]))
+    return "\n".join(lines)
+
+
+def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, dict],
+                    figures: dict[str, str]) -> str:
+    book_note = ("The data and settings are the book's, so its figures stand beside ours "
+                 "(the book sets no seed: trained models agree within about ±0.005)."
+                 if is_book_data(meta) else
+                 "These are not the book's data settings (MNIST 3s and 7s, MNIST test set as "
+                 "validation), so there is no book figure to compare with.")
+    digits = ", ".join(str(d) for d in meta["digits"])
+    sections = [
+        "# MNIST basics: results",
+        f"Digits {digits} from **{meta['source']}**, validation split **{meta['split']}** "
+        f"({meta['n_train']} training and {meta['n_valid']} validation images).",
+        "## Models", results_table(results, meta), book_note,
+        "Accuracy is pooled over the validation set; balanced accuracy is the mean of the "
+        "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
+        "## Data", data_table(meta),
+        "## Training", training_table(results, metrics),
+        f"![training curves]({figures['curves']})",
+        "## The ideal digits",
+        "The pixel-similarity baseline compares each image with the mean training image of "
+        "each digit:", f"![mean images]({figures['means']})",
+        "## Confusion matrices", f"![confusion matrices]({figures['confusion']})",
+        "## What the linear model looks at",
+        "Each output's 784 weights drawn as a 28×28 image: red pixels push the output up, "
+        "blue ones down. With the book's `randn` init (std 1) much of what shows is the "
+        "initial noise; `train_linear.init: torch` starts near zero and shows the learnt "
+        "strokes.", f"![linear weights]({figures['weights']})",
+        "## Worst mistakes",
+        "The validation images each model gets most confidently wrong (p: the probability "
+        "the model gave its prediction; margin: how much nearer the wrong mean image was).",
+        f"![worst mistakes]({figures['mistakes']})",
+    ]
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,62 @@
+"""Stage `report`: report/report.md and its PNG figures, from every model's outputs."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from stages.lib import figures
+from stages.lib.dataset import load_split
+from stages.lib.errors import run_stage
+from stages.lib.files import atomic_dir, read_json, write_text
+from stages.lib.params import load_params
+from stages.lib.report import (baseline_results, confusion_by_digit, render_markdown,
+                               trained_result, worst_mistakes)
+from stages.lib.training import read_history
+
+REPORT_DIR = "report"
+TRAINED = ("linear", "mlp")
+FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_images.png",
+           "confusion": "figures/confusion_matrices.png",
+           "weights": "figures/linear_weights.png", "mistakes": "figures/worst_mistakes.png"}
+
+
+def main() -> None:
+    params = load_params()
+    meta = read_json("data/tensors/meta.json", "the tensorise metadata")
+    digits, names = meta["digits"], meta["target_digits"]
+    valid = load_split("data/tensors/valid.pt")
+    metrics = {name: read_json(f"metrics/{name}.json", f"the {name} metrics")
+               for name in ("baseline", *TRAINED)}
+    baseline = torch.load("models/baseline.pt", weights_only=True)
+
+    results = baseline_results(baseline, metrics["baseline"], valid)
+    models = {}
+    for name in TRAINED:
+        result, models[name] = trained_result(name, f"models/{name}.pt", metrics[name], valid)
+        results.append(result)
+
+    with atomic_dir(REPORT_DIR) as out:
+        figures.training_curves(
+            {name: read_history(f"plots/{name}.tsv") for name in TRAINED},
+            {f"baseline {k.upper()}": metrics["baseline"][k]["accuracy"] for k in ("l1", "l2")},
+            out / FIGURES["curves"])
+        order = [names.index(d) for d in digits]
+        figures.mean_images(baseline["means"][order], digits, out / FIGURES["means"])
+        figures.confusion_matrices(
+            {r.name: confusion_by_digit(r, valid, digits, names) for r in results}, digits,
+            out / FIGURES["confusion"])
+        weights = models["linear"][0].weight.detach()
+        titles = ([f"output: {digits[0]} (+) vs {digits[1]} (−)"] if len(weights) == 1
+                  else [f"output for {d}" for d in names])
+        figures.linear_weights(weights, titles, out / FIGURES["weights"])
+        figures.worst_mistakes(
+            {r.name: worst_mistakes(r, valid, names, params.report.worst_mistakes)
+             for r in results}, out / FIGURES["mistakes"])
+        write_text(out / "report.md", render_markdown(meta, results, metrics, FIGURES))
+    print(f"report: {REPORT_DIR}/report.md and {len(FIGURES)} figures", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_stage("report", main)

@@ -1,0 +1,129 @@
+"""The report stage, and the experiment workflow around it: change a param, rerun only what
+depends on it, compare with `dvc metrics diff`, and push/pull through a DVC remote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from stages.lib.book import book_figure
+from stages.lib.dataset import Split
+from stages.lib.report import ModelResult, confusion_by_digit, results_table, worst_mistakes
+from tests.helpers import ROOT, copy_project, run, set_params, stages_run
+
+BOOK_META = {"source": "mnist", "digits": [3, 7], "split": "official"}
+BOOK_MLP = {"hidden": [30], "lr": 0.1, "epochs": 40, "batch_size": 256, "shuffle": False,
+            "loss": "mnist", "seed": 42}
+
+
+def test_book_figure_only_for_the_books_data_and_settings():
+    assert book_figure("mlp", BOOK_MLP, BOOK_META) == {"accuracy": 0.9828}
+    assert book_figure("mlp", {**BOOK_MLP, "lr": 0.5}, BOOK_META) is None
+    assert book_figure("mlp", BOOK_MLP, {**BOOK_META, "split": "random"}) is None
+    assert book_figure("mlp", BOOK_MLP, {**BOOK_META, "source": "mnist-5k"}) is None
+    assert book_figure("baseline_l1", {}, BOOK_META)["balanced_accuracy"] == 0.9511
+    assert book_figure("baseline_l2", {}, BOOK_META) is None
+    torch_linear = {"init": "torch", "lr": 1.0, "epochs": 20, "batch_size": 256,
+                    "shuffle": False, "loss": "mnist"}
+    assert book_figure("linear", torch_linear, BOOK_META) == {"accuracy": 0.9785}
+
+
+def hand_result(preds, scores):
+    return ModelResult("m", "m", {"accuracy": 0.5, "balanced_accuracy": 0.5,
+                                  "per_class": {"3": 0.5, "7": 0.5}},
+                       torch.tensor(preds), torch.tensor(scores), "p", {})
+
+
+def test_worst_mistakes_are_the_most_confident_wrong_ones():
+    valid = Split(torch.arange(5, dtype=torch.uint8)[:, None, None].expand(5, 28, 28),
+                  torch.tensor([1, 1, 0, 0, 1]))
+    result = hand_result([0, 1, 1, 0, 0], [0.6, 0.99, 0.9, 0.8, 0.7])
+    mistakes = worst_mistakes(result, valid, names=[7, 3], k=2)
+    # wrong: 0 (p .6), 2 (p .9), 4 (p .7) -> the two surest: 2 then 4
+    assert [(int(img[0, 0]), true, pred) for img, true, pred, _ in mistakes] == \
+        [(2, 7, 3), (4, 3, 7)]
+    assert mistakes[0][3] == "p 0.900"
+
+
+def test_confusion_rows_follow_the_digits_order():
+    valid = Split(torch.zeros(3, 28, 28, dtype=torch.uint8), torch.tensor([1, 1, 0]))
+    result = hand_result([1, 0, 0], [1.0, 1.0, 1.0])
+    # digits [3, 7]: target 1 is 3. Two 3s (one right, one called 7), one 7 (right).
+    assert confusion_by_digit(result, valid, [3, 7], [7, 3]).tolist() == [[1, 1], [0, 1]]
+
+
+def test_results_table_has_a_book_column_only_for_book_data():
+    result = hand_result([1], [1.0])
+    assert "the book" in results_table([result], {**BOOK_META, "counts": {}})
+    assert "the book" not in results_table([result], {**BOOK_META, "split": "random"})
+
+
+def test_report_on_real_mnist(book_project):
+    project, result = book_project
+    assert "Running stage 'report'" in result.stdout
+    report = (project / "report/report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) == 5
+    for relative in images:
+        with Image.open(project / "report" / relative) as png:
+            assert png.format == "PNG" and png.width >= 250 and png.height >= 200
+    # ours beside the book's, for each model the book has a figure for
+    assert "| baseline L1 | 0.9514 | 0.9511 | 0.9168 | 0.9854 | 0.9511 balanced" in report
+    assert re.search(r"\| mlp \| 0\.98\d\d \| .* \| 0\.9828 \|", report)
+    assert "| train | 6131 | 6265 | 12396 |" in report
+
+
+def test_changing_a_training_param_reruns_only_its_stage_and_the_report(book_project,
+                                                                         tmp_path):
+    project = copy_project(book_project[0], tmp_path / "copy")
+    set_params(project, {"train_linear.epochs": 5})
+    result = run(project, "dvc", "repro")
+    assert stages_run(result.stdout) == ["train_linear", "report"]
+    lock = (project / "dvc.lock").read_text()
+    assert "epochs: 5" in lock
+    diff = json.loads(run(project, "dvc", "metrics", "diff", "--json").stdout)
+    assert set(diff) == {"metrics/linear.json"}
+    assert diff["metrics/linear.json"]["epochs"] == {"old": 21, "new": 5, "diff": -16}
+    assert "accuracy" in diff["metrics/linear.json"]
+    params = json.loads(run(project, "dvc", "params", "diff", "--json").stdout)
+    assert params["params.yaml"]["train_linear.epochs"] == {"old": 21, "new": 5, "diff": -16}
+
+
+def test_push_clear_pull_gives_identical_outputs(book_project, tmp_path):
+    project = copy_project(book_project[0], tmp_path / "copy")
+    outputs = ["data/raw/train-images-idx3-ubyte.gz", "data/tensors/train.pt",
+               "models/mlp.pt", "report/report.md", "report/figures/worst_mistakes.png"]
+    digest = {path: hashlib.sha256((project / path).read_bytes()).hexdigest()
+              for path in outputs}
+    run(project, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    run(project, "dvc", "push")
+    shutil.rmtree(project / ".dvc" / "cache")
+    for path in ("data/raw", "data/tensors", "models/mlp.pt", "report"):
+        target = project / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    run(project, "dvc", "pull")
+    for path, expected in digest.items():
+        assert hashlib.sha256((project / path).read_bytes()).hexdigest() == expected, path
+    assert "up to date" in run(project, "dvc", "status").stdout.lower()
+
+
+@pytest.mark.parametrize("workflow", [".github/workflows/pipeline.yaml"])
+def test_github_workflow_is_valid(workflow):
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows",
+                             str(ROOT / workflow)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (ROOT / workflow).read_text()
+    for step in ("fetch-depth: 0", "cache: pip", "pip install -r requirements.txt",
+                 "dvc repro", "dvc metrics diff", "GITHUB_STEP_SUMMARY",
+                 "actions/upload-artifact"):
+        assert step in text
