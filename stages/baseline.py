@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from stages.lib.dataset import load_split
 from stages.lib.errors import run_stage
-from stages.lib.files import atomic_open, read_json, write_json
+from stages.lib.files import read_json, write_json
 from stages.lib.metrics import classification_metrics
 from stages.lib.params import load_params
-from stages.lib.similarity import DISTANCES, class_means, predict_nearest
+from stages.lib.similarity import DISTANCES, class_means, predict_nearest, save_means
 
 TENSOR_DIR = "data/tensors"
 
@@ -28,9 +26,7 @@ def main() -> None:
                for kind in DISTANCES}
     metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"])
 
-    with atomic_open("models/baseline.pt") as handle:
-        torch.save({"means": means, "digits": digits,
-                    "target_digits": meta["target_digits"]}, handle)
+    save_means("models/baseline.pt", means, digits, meta["target_digits"])
     write_json("metrics/baseline.json", metrics)
     for kind in DISTANCES:
         print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from stages.lib import figures
 from stages.lib.dataset import load_split
 from stages.lib.errors import run_stage
@@ -13,6 +11,7 @@ from stages.lib.files import atomic_dir, read_json, write_text
 from stages.lib.params import load_params
 from stages.lib.report import (baseline_results, confusion_by_digit, render_markdown,
                                trained_result, worst_mistakes)
+from stages.lib.similarity import load_means
 from stages.lib.training import read_history
 
 REPORT_DIR = "report"
@@ -29,7 +28,7 @@ def main() -> None:
     valid = load_split("data/tensors/valid.pt")
     metrics = {name: read_json(f"metrics/{name}.json", f"the {name} metrics")
                for name in ("baseline", *TRAINED)}
-    baseline = torch.load("models/baseline.pt", weights_only=True)
+    baseline = load_means("models/baseline.pt")
 
     results = baseline_results(baseline, metrics["baseline"], valid)
     models = {}

@@ -190,3 +190,12 @@ def test_missing_or_foreign_checkpoint(tmp_path):
                                                       "hidden": [3]}), good, {}, [3, 7], [7, 3])
     with pytest.raises(UserError, match="weights do not fit"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    from stages.lib.training import resolve_device
+
+    with pytest.raises(UserError, match="base.device: cuda asked for, but torch sees no CUDA"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"

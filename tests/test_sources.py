@@ -172,8 +172,14 @@ def test_empty_class_folder(tmp_path, out_dir):
 
 
 def test_missing_local_folder(tmp_path, out_dir):
-    with pytest.raises(UserError, match="local folder .*nope does not exist"):
+    with pytest.raises(UserError, match="nope' is not a known source and no such folder"):
         acquire(str(tmp_path / "nope"), out_dir, mirrors=[])
+
+
+def test_unknown_source_suggests_the_closest_name(out_dir):
+    with pytest.raises(UserError, match="data.source: 'mnist5k' is not a known source.*"
+                                        "did you mean 'mnist-5k'"):
+        acquire("mnist5k", out_dir, mirrors=[])
 
 
 def test_folder_in_no_accepted_layout(tmp_path, out_dir):

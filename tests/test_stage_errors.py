@@ -81,7 +81,7 @@ def test_invalid_params_stop_a_stage_before_any_work(project):
 
 def test_missing_local_folder(project, tmp_path):
     set_params(project, {"data.source": str(tmp_path / "no-such-folder")})
-    assert_user_error(run_stage(project, "download"), "no-such-folder does not exist")
+    assert_user_error(run_stage(project, "download"), "no-such-folder' is not a known source")
 
 
 def test_tensorise_before_download(project):

@@ -15,6 +15,7 @@ import torch
 from .errors import UserError
 from .idx import read_images_and_labels
 from .sources import split_files
+from .torchio import load_pt, save_pt
 
 TENSOR_KEYS = ("images", "targets")
 
@@ -115,24 +116,12 @@ def check_no_empty_class(counts: dict[str, dict[str, int]]) -> None:
 
 
 def save_split(split: Split, path: Path) -> None:
-    from .files import atomic_open
-
-    with atomic_open(path, "wb") as handle:
-        torch.save({"images": split.images, "targets": split.targets}, handle)
+    save_pt(path, {"images": split.images, "targets": split.targets})
 
 
 def load_split(path: str | Path) -> Split:
     """Load a split written by save_split, refusing anything else."""
-    path = Path(path)
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise UserError(f"{path} not found; run `dvc repro tensorise` first") from None
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise UserError(f"{path} is not a tensor file this pipeline wrote ({err})") from None
-    if not isinstance(data, dict) or set(data) != set(TENSOR_KEYS):
-        raise UserError(f"{path} is not a tensor file this pipeline wrote "
-                        f"(expected keys {list(TENSOR_KEYS)})")
+    data = load_pt(path, set(TENSOR_KEYS), "tensor file", "tensorise")
     images, targets = data["images"], data["targets"]
     if images.dtype != torch.uint8 or images.shape[1:] != (28, 28) or \
             targets.dtype != torch.int64 or len(images) != len(targets):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import atomic_open
+from .torchio import load_pt, save_pt
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"}
@@ -40,23 +40,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: 
                     digits: list[int], target_digits: list[int]) -> None:
     """state_dict + what rebuilds the model, and the settings it was trained with."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_open(path, "wb") as handle:
-        torch.save({"config": config, "training": training, "state_dict": state,
-                    "digits": digits, "target_digits": target_digits}, handle)
+    save_pt(path, {"config": config, "training": training, "state_dict": state,
+                   "digits": digits, "target_digits": target_digits})
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by save_checkpoint; anything else is a clear error."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} not found; run `dvc repro` first") from None
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise UserError(f"{path} is not a checkpoint this pipeline wrote ({err})") from None
-    if not isinstance(checkpoint, dict) or set(checkpoint) != CHECKPOINT_KEYS:
-        raise UserError(f"{path} is not a checkpoint this pipeline wrote "
-                        f"(expected keys {sorted(CHECKPOINT_KEYS)})")
+    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint")
     model = build_model(checkpoint["config"])
     try:
         model.load_state_dict(checkpoint["state_dict"])

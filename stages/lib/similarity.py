@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from .torchio import load_pt, save_pt
 
 DISTANCES = ("l1", "l2")
 # Valid images compared per step: batch × classes × 784 floats stay a few tens of MB.
@@ -60,3 +64,16 @@ def nearest_margin(dists: torch.Tensor) -> torch.Tensor:
     """How much nearer the nearest mean is than the runner-up: the baseline's confidence."""
     two = dists.topk(2, dim=1, largest=False).values
     return two[:, 1] - two[:, 0]
+
+
+BASELINE_KEYS = {"means", "digits", "target_digits"}
+
+
+def save_means(path: str | Path, means: torch.Tensor, digits: list[int],
+               target_digits: list[int]) -> None:
+    save_pt(path, {"means": means, "digits": digits, "target_digits": target_digits})
+
+
+def load_means(path: str | Path) -> dict:
+    """The baseline's checkpoint: the mean image of each target class, and its digits."""
+    return load_pt(path, BASELINE_KEYS, "baseline checkpoint", "baseline")

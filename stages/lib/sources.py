@@ -8,6 +8,7 @@ This module must not import torch: the download stage stays light.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import shutil
@@ -22,6 +23,7 @@ import numpy as np
 from .errors import UserError
 from .files import file_digests
 from .idx import read_idx, write_idx_gz
+from .params import NAMED_SOURCES
 
 # torchvision's MNIST.resources md5s, plus the sha256 of the same canonical files.
 CANONICAL_FILES = {
@@ -195,8 +197,11 @@ def _digit_folders(split_dir: Path) -> list[Path]:
 def detect_layout(folder: Path) -> str:
     """Which accepted layout a local folder is in: 'idx' or one of PNG_LAYOUTS."""
     if not folder.is_dir():
-        raise UserError(f"data.source: local folder {folder} does not exist (expected "
-                        "auto, mnist, mnist-5k, or a folder holding MNIST)")
+        close = difflib.get_close_matches(str(folder), NAMED_SOURCES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"data.source: {str(folder)!r} is not a known source and no such "
+                        f"folder exists (expected one of {', '.join(NAMED_SOURCES)}, or a "
+                        f"folder holding MNIST){hint}")
     if all((folder / name).is_file() for name in CANONICAL_FILES):
         return "idx"
     for layout, splits in PNG_LAYOUTS.items():

@@ -10,7 +10,7 @@ import torch
 
 from .dataset import Split, load_split
 from .errors import UserError
-from .files import atomic_open, read_json, write_json
+from .files import read_json, write_json, write_text
 from .learner import Learner, TrainingDiverged, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
@@ -88,8 +88,7 @@ def train_stage(name: str, params: Params) -> None:
 
     training = {**cfg.model_dump(exclude={"hidden"}), "seed": params.base.seed}
     save_checkpoint(f"models/{name}.pt", model, config, training, digits, meta["target_digits"])
-    with atomic_open(f"plots/{name}.tsv", "w") as handle:
-        handle.write(history_tsv(history))
+    write_text(f"plots/{name}.tsv", history_tsv(history))
     write_json(f"metrics/{name}.json", metrics)
     print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
           f"per class {metrics['per_class']} ({seconds:.1f} s on {device})", file=sys.stderr)

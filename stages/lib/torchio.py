@@ -1,0 +1,37 @@
+"""Saving and loading the pipeline's .pt files: atomic writes, weights_only reads, and a
+clear error for a missing or foreign file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .files import atomic_open
+
+
+def save_pt(path: str | Path, data: dict) -> None:
+    with atomic_open(path, "wb") as handle:
+        torch.save(data, handle)
+
+
+def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "") -> dict:
+    """Load a dict of tensors and plain values that `stage` wrote, with weights_only=True.
+
+    weights_only refuses pickled code, so a tampered file cannot run anything; a file with
+    other keys (another stage's, or not ours) is refused by name.
+    """
+    path = Path(path)
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        command = f"dvc repro {stage}".strip()
+        raise UserError(f"{what} {path} not found; run `{command}` first") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
+        raise UserError(f"{path} is not a {what} this pipeline wrote ({err})") from None
+    if not isinstance(data, dict) or set(data) != keys:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"{path} is not a {what} this pipeline wrote (expected keys "
+                        f"{sorted(keys)}, found {found})")
+    return data

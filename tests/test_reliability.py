@@ -1,0 +1,152 @@
+"""Faults around the pipeline: interrupted writes, foreign checkpoints, recovery after a
+failed run, and experiments running in parallel."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from stages import tensorise
+from stages.lib.files import atomic_dir, atomic_open, write_json
+from tests.helpers import (copy_project, make_project, read_json, run, run_stage, set_params,
+                           stages_run)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_file_write_leaves_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"accuracy": 0.5})
+    with pytest.raises(Interrupted):
+        with atomic_open(path, "w") as handle:
+            handle.write('{"accuracy": 0.')
+            raise Interrupted
+    assert read_json(path) == {"accuracy": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_interrupted_first_write_leaves_nothing(tmp_path):
+    with pytest.raises(Interrupted):
+        with atomic_open(tmp_path / "model.pt") as handle:
+            handle.write(b"half a checkpoint")
+            raise Interrupted
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_folder_write_keeps_the_old_folder(tmp_path):
+    with atomic_dir(tmp_path / "raw") as out:
+        (out / "a.gz").write_bytes(b"old")
+    with pytest.raises(Interrupted):
+        with atomic_dir(tmp_path / "raw") as out:
+            (out / "a.gz").write_bytes(b"new")
+            (out / "b.gz").write_bytes(b"half")
+            raise Interrupted
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["a.gz"]
+    assert (tmp_path / "raw" / "a.gz").read_bytes() == b"old"
+
+
+def test_stage_interrupted_while_saving_tensors(tmp_path, monkeypatch):
+    """tensorise dies writing valid.pt: the tensors of the last good run stay, whole."""
+    project = make_project(tmp_path / "project", {"data.source": "mnist-5k"})
+    run_stage(project, "download", check=True)
+    run_stage(project, "tensorise", check=True)
+    before = {p.name: p.read_bytes() for p in (project / "data/tensors").iterdir()}
+
+    real_save = torch.save
+
+    def save_then_die(obj, handle, *args, **kwargs):
+        if obj["targets"].numel() < 500:  # the valid split: die half-way through it
+            handle.write(b"PK\x03\x04 partial")
+            raise Interrupted("disk full")
+        real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(torch, "save", save_then_die)
+    set_params(project, {"data.digits": [1, 2]})
+    with pytest.raises(Interrupted):
+        tensorise.main()
+    after = {p.name: p.read_bytes() for p in (project / "data/tensors").iterdir()}
+    assert after == before
+    assert not [p.name for p in (project / "data").iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def book_copy(book_project, tmp_path):
+    return copy_project(book_project[0], tmp_path / "copy")
+
+
+@pytest.mark.parametrize("swap", ["foreign", "missing", "garbage"])
+def test_report_refuses_a_missing_or_foreign_checkpoint(book_copy, swap):
+    checkpoint = book_copy / "models/mlp.pt"
+    if swap == "foreign":
+        checkpoint.write_bytes((book_copy / "models/baseline.pt").read_bytes())
+    elif swap == "missing":
+        checkpoint.unlink()
+    else:
+        checkpoint.write_bytes(b"\x00" * 64)
+    result = run_stage(book_copy, "report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = {"foreign": "is not a checkpoint this pipeline wrote (expected keys",
+                "missing": "checkpoint models/mlp.pt not found; run `dvc repro` first",
+                "garbage": "is not a checkpoint this pipeline wrote"}[swap]
+    assert expected in result.stderr
+
+
+def test_dvc_checkout_restores_the_last_good_outputs_after_a_failed_repro(book_copy):
+    good = {p: (book_copy / p).read_bytes() for p in ("models/mlp.pt", "metrics/mlp.json",
+                                                       "report/report.md")}
+    set_params(book_copy, {"train_mlp.lr": 1e38, "train_mlp.loss": "bce"})
+    failed = run(book_copy, "dvc", "repro", check=False)
+    assert failed.returncode != 0
+    assert "training diverged with train_mlp.lr" in failed.stderr
+    assert not (book_copy / "models/mlp.pt").exists()  # DVC clears outputs before a stage runs
+
+    run(book_copy, "git", "checkout", "--", "params.yaml", "metrics", "plots")
+    run(book_copy, "dvc", "checkout")
+    for path, data in good.items():
+        assert (book_copy / path).read_bytes() == data, path
+    assert "Data and pipelines are up to date." in run(book_copy, "dvc", "status").stdout
+
+
+def wait_for_queue(project, n, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run(project, "dvc", "queue", "status").stdout
+        done = status.count("Success") + status.count("Failed")
+        if done >= n:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue did not finish in {timeout_s} s:\n{status}")
+
+
+def experiment_metrics(project) -> dict[float, dict]:
+    """train_mlp.lr -> metrics/mlp.json of each experiment, from `dvc exp show --json`."""
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+    results = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["train_mlp"]["lr"]
+            results[lr] = data["metrics"]["metrics/mlp.json"]["data"]
+    return results
+
+
+def test_two_queued_experiments_run_in_parallel_correctly(book_copy):
+    for lr in (0.05, 0.5):
+        run(book_copy, "dvc", "exp", "run", "--queue", "-S", f"train_mlp.lr={lr}")
+    run(book_copy, "dvc", "queue", "start", "-j", "2")
+    status = wait_for_queue(book_copy, 2)
+    assert status.count("Success") == 2, status
+    parallel = experiment_metrics(book_copy)
+    assert set(parallel) == {0.05, 0.5}
+    # The same experiment run alone, in the workspace, gives bit-identical metrics.
+    alone = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5")
+    assert stages_run(alone.stdout)[0] == "train_mlp"
+    assert read_json(book_copy / "metrics/mlp.json") == parallel[0.5]
+    assert parallel[0.05]["accuracy"] != parallel[0.5]["accuracy"]
