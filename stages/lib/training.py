@@ -11,7 +11,7 @@ import torch
 from .dataset import Split, load_split
 from .errors import UserError
 from .files import read_json, write_json, write_text
-from .learner import Learner, TrainingDiverged, loss_function, predict
+from .learner import SGD, Learner, TrainingDiverged, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
 from .params import Params, TrainLinear, TrainMLP
@@ -68,7 +68,7 @@ def train_stage(name: str, params: Params) -> None:
     generator = torch.Generator().manual_seed(params.base.seed) if cfg.shuffle else None
     learner = Learner(model, train_x, train_y, valid_x, valid_y,
                       loss_fn=loss_function(cfg.loss, len(digits)),
-                      opt=torch.optim.SGD(model.parameters(), lr=cfg.lr),
+                      opt=SGD(model.parameters(), lr=cfg.lr),
                       batch_size=cfg.batch_size, generator=generator, log=sys.stderr)
     start = time.perf_counter()
     try:
