@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: help setup run test clean
+.PHONY: help setup run test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: $(STAMP)  ## run the pipeline (dvc repro)
 
 test: $(STAMP)  ## run the tests
 	python -m pytest
+
+bench: $(STAMP)  ## benchmark: our Learner vs the chapter's loop, cold/no-op dvc repro
+	python -m bench.bench
 
 clean:  ## remove the venv (outputs stay; `dvc gc` manages the cache)
 	rm -rf $(VENV)

@@ -1,0 +1,223 @@
+"""Benchmark: our Learner against the chapter's DataLoader loop, training FLOP/s against a
+large matmul, and cold / no-op `dvc repro` per stage, for MNIST 3/7 and for all ten digits.
+
+Runs offline on real MNIST from ../shared/mnist (or the folder/URL in MNIST_MIRRORS), in
+temp copies of the project. Prints a table and writes bench/results/bench.json.
+
+    python -m bench.bench              # everything (about 2 minutes on 2 cores)
+    python -m bench.bench --quick      # skip the ten-digit pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from stages.lib.dataset import load_split
+from stages.lib.learner import SGD, Learner, mnist_loss, predict
+from stages.lib.models import book_init_, build_model
+from stages.lib.training import as_inputs
+from tests.helpers import ROOT, SHARED_MNIST, make_project, serve_folder, set_params
+
+RESULTS = ROOT / "bench" / "results" / "bench.json"
+STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "report")
+BOOK = {"data.source": "mnist", "data.split": "official"}
+# The README's all-ten-digits settings.
+TEN_DIGITS = {**BOOK, "data.digits": list(range(10)), "train_linear.init": "torch",
+              "train_linear.lr": 0.5, "train_linear.shuffle": True, "train_mlp.hidden": [128],
+              "train_mlp.lr": 0.5, "train_mlp.epochs": 20, "train_mlp.shuffle": True}
+# Runs a command and prints the peak RSS of its process tree (the largest process in it).
+_PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# --- training loops ----------------------------------------------------------------------------
+
+def book_loop(model, opt, train_x, train_y, valid_x, valid_y, epochs, batch_size):
+    """The chapter's loop: DataLoader over list(zip(x, y)), then per-batch accuracies."""
+    from torch.utils.data import DataLoader
+
+    dl = DataLoader(list(zip(train_x, train_y)), batch_size=batch_size)
+    valid_dl = DataLoader(list(zip(valid_x, valid_y)), batch_size=batch_size)
+    for _ in range(epochs):
+        for xb, yb in dl:
+            loss = mnist_loss(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            accs = [(predict(model(xb)) == yb).float().mean() for xb, yb in valid_dl]
+            round(torch.stack(accs).mean().item(), 4)
+
+
+def fresh_model(config: dict, book_init: bool, seed: int = 42):
+    torch.manual_seed(seed)
+    model = build_model(config)
+    return book_init_(model) if book_init else model
+
+
+def time_training(name, config, book_init, lr, epochs, tensors, batch_size=256) -> dict:
+    """Seconds per epoch of both loops from the same init; their final weights must match."""
+    (train_x, train_y), (valid_x, valid_y) = tensors
+    ours = fresh_model(config, book_init)
+    learner = Learner(ours, train_x, train_y, valid_x, valid_y, loss_fn=mnist_loss,
+                      opt=SGD(ours.parameters(), lr), batch_size=batch_size, log=None)
+    start = time.perf_counter()
+    learner.fit(epochs)
+    ours_s = (time.perf_counter() - start) / epochs
+
+    book = fresh_model(config, book_init)
+    start = time.perf_counter()
+    book_loop(book, SGD(book.parameters(), lr), train_x, train_y, valid_x, valid_y, epochs,
+              batch_size)
+    book_s = (time.perf_counter() - start) / epochs
+
+    max_diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(),
+                                                             book.parameters()))
+    n_params = sum(p.numel() for p in ours.parameters())
+    # 6 FLOPs per parameter per training example (forward 2, backward 4), 2 per validation one.
+    flops = 6 * n_params * len(train_y) + 2 * n_params * len(valid_y)
+    return {"model": name, "epochs": epochs, "ours_s_per_epoch": ours_s,
+            "book_s_per_epoch": book_s, "speedup": book_s / ours_s,
+            "max_weight_diff": max_diff, "same_final_weights": max_diff == 0.0,
+            "gflops_per_s": flops / ours_s / 1e9}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+def timed(project: Path, *command: str, env: dict) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MB) of a command run in the project."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], cwd=project, env=env,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return seconds, int(result.stdout.strip().splitlines()[-1]) // 1024
+
+
+def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
+    """Cold repro (to train_mlp, then the report), no-op repro, and each stage alone."""
+    env = dict(os.environ, MNIST_MIRRORS=mirror, MNIST_OFFLINE="1", DVC_NO_ANALYTICS="1",
+               DVC_STUDIO_OFFLINE="1", MPLBACKEND="Agg",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    whole = make_project(workdir / "whole", params)
+    to_mlp, _ = timed(whole, dvc, "repro", "-q", "baseline", "train_linear", "train_mlp",
+                      env=env)
+    report, _ = timed(whole, dvc, "repro", "-q", env=env)
+    noop = statistics.median(timed(whole, dvc, "repro", "-q", env=env)[0] for _ in range(3))
+
+    single = make_project(workdir / "stages", params)
+    stages = {}
+    for stage in STAGES:
+        seconds, rss = timed(single, dvc, "repro", "-q", "--single-item", stage, env=env)
+        stages[stage] = {"seconds": seconds, "peak_rss_mb": rss}
+    metrics = {name: json.loads((whole / f"metrics/{name}.json").read_text())
+               for name in ("baseline", "linear", "mlp")}
+    return {"label": label, "cold_to_train_mlp_s": to_mlp, "cold_total_s": to_mlp + report,
+            "noop_s": noop, "stages": stages,
+            "accuracy": {"baseline_l1": metrics["baseline"]["l1"]["accuracy"],
+                         "linear": metrics["linear"]["accuracy"],
+                         "mlp": metrics["mlp"]["accuracy"]}}
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def print_report(results: dict) -> None:
+    m = results["machine"]
+    print(f"\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+          f"({m['torch_threads']} threads), Python {m['python']}, GPU: {m['gpu'] or 'none'}")
+    print("\nTraining on real MNIST 3/7, same init, loss, lr, epochs, batch 256, no shuffling")
+    print(f"{'model':<8}{'ours s/epoch':>14}{'book s/epoch':>14}{'speedup':>9}"
+          f"{'GFLOP/s':>10}{'of mm':>8}  same final weights")
+    for row in results["training"]:
+        print(f"{row['model']:<8}{row['ours_s_per_epoch']:>14.4f}{row['book_s_per_epoch']:>14.4f}"
+              f"{row['speedup']:>8.1f}x{row['gflops_per_s']:>10.1f}"
+              f"{row['gflops_per_s'] / results['matmul_gflops']:>8.1%}  {row['same_final_weights']}")
+    print(f"large torch.mm (2048²): {results['matmul_gflops']:.1f} GFLOP/s")
+    for run in results["pipelines"]:
+        print(f"\n`dvc repro`, {run['label']}: cold to train_mlp {run['cold_to_train_mlp_s']:.1f} s, "
+              f"whole pipeline {run['cold_total_s']:.1f} s, no-op {run['noop_s']:.2f} s")
+        print(f"  {'stage (each alone, dvc included)':<34}{'seconds':>9}{'peak RSS MB':>13}")
+        for stage, row in run["stages"].items():
+            print(f"  {stage:<34}{row['seconds']:>9.2f}{row['peak_rss_mb']:>13}")
+        print(f"  accuracy: {run['accuracy']}")
+    print(f"\nwritten: {RESULTS.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the ten-digit pipeline")
+    args = parser.parse_args()
+    if not os.environ.get("MNIST_MIRRORS") and not SHARED_MNIST.is_dir():
+        sys.exit(f"bench: real MNIST not found at {SHARED_MNIST}; set MNIST_MIRRORS")
+
+    results = {"machine": machine(), "pipelines": []}
+    # Without MNIST_MIRRORS, serve ../shared/mnist over loopback HTTP: the real download path.
+    mirror_context = (contextlib.nullcontext(os.environ["MNIST_MIRRORS"])
+                      if os.environ.get("MNIST_MIRRORS") else serve_folder(SHARED_MNIST))
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp, mirror_context as mirror:
+        workdir = Path(tmp)
+        runs = [("mnist37", "MNIST 3/7, book params", BOOK)]
+        if not args.quick:
+            runs.append(("ten", "all ten digits, README params", TEN_DIGITS))
+        for slug, label, params in runs:
+            print(f"bench: cold dvc repro, {label} ...", file=sys.stderr)
+            results["pipelines"].append(pipeline(params, mirror, workdir / slug, label))
+
+        print("bench: training loops ...", file=sys.stderr)
+        tensors_dir = workdir / "mnist37" / "whole" / "data" / "tensors"
+        device = torch.device("cpu")
+        tensors = tuple(as_inputs(load_split(tensors_dir / f"{s}.pt"), device)
+                        for s in ("train", "valid"))
+        results["training"] = [
+            time_training("linear", {"kind": "linear", "n_outputs": 1}, True, 1.0, 21, tensors),
+            time_training("mlp", {"kind": "mlp", "n_outputs": 1, "hidden": [30]}, False, 0.1,
+                          40, tensors)]
+        results["matmul_gflops"] = matmul_gflops()
+        different = [r["model"] for r in results["training"] if not r["same_final_weights"]]
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print_report(results)
+    if different:
+        sys.exit(f"bench: our Learner and the book's loop ended at different weights for "
+                 f"{different}: the timings compare different work")
+
+
+if __name__ == "__main__":
+    main()
