@@ -194,3 +194,15 @@ def test_manifest_lists_sha256_of_each_file(out_dir):
     manifest = build_manifest(Acquired("x", ["train"]), out_dir, requested="x")
     assert manifest["digits"] == [2, 5]
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+
+
+def test_large_downloads_show_progress(tmp_path, out_dir, monkeypatch, capsys):
+    paths = write_idx_folder(tmp_path / "big", train=tiny_digits(200, seed=3))
+    monkeypatch.setattr(sources, "CANONICAL_FILES", canonical_digests_of(paths))
+    assert paths["train-images-idx3-ubyte.gz"].stat().st_size > 1 << 20
+    with serve_folder(tmp_path / "big") as url:
+        fetch_canonical(out_dir, [url])
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz: 25% of 1.6 MB" in err
+    assert "train-images-idx3-ubyte.gz: 100% of 1.6 MB" in err
+    assert "train-labels-idx1-ubyte.gz: 25%" not in err  # small files stay quiet

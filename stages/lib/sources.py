@@ -9,6 +9,7 @@ This module must not import torch: the download stage stays light.
 from __future__ import annotations
 
 import difflib
+import http.client
 import importlib.util
 import os
 import shutil
@@ -133,16 +134,16 @@ def verify_checksums(path: Path, name: str) -> None:
 
 def fetch_canonical(out_dir: Path, mirrors: list[str]) -> Acquired:
     """Fetch the four canonical files, each from the first mirror that gives a good copy."""
-    tried: list[str] = []
     for name in CANONICAL_FILES:
         target = out_dir / name
+        tried: list[str] = []
         for mirror in mirrors:
             try:
                 _fetch_one(mirror, name, target)
                 verify_checksums(target, name)
                 print(f"  {name}: verified (from {mirror})", file=sys.stderr)
                 break
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, http.client.HTTPException) as err:
                 target.unlink(missing_ok=True)
                 tried.append(f"{mirror} -> {name}: {err}")
         else:
