@@ -21,7 +21,8 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-run: $(STAMP)  ## run the pipeline (dvc repro)
+run: $(STAMP)  ## check params.yaml, then run the pipeline (dvc repro)
+	python -m stages.lib.params
 	dvc repro
 
 test: $(STAMP)  ## run the tests

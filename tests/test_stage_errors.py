@@ -4,10 +4,11 @@ one clear line, exit code 2, no traceback, and nothing half-written."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
-from tests.helpers import make_project, read_json, run_stage, set_params
+from tests.helpers import make_project, read_json, run, run_stage, set_params
 
 
 @pytest.fixture
@@ -86,3 +87,10 @@ def test_missing_local_folder(project, tmp_path):
 
 def test_tensorise_before_download(project):
     assert_user_error(run_stage(project, "tensorise"), "the download manifest not found")
+
+
+def test_params_check_catches_a_hand_typo_dvc_would_not_rerun_for(project):
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(
+        "  lr: 0.1", "  lr: 0.1\n  lrr: 0.5"))
+    result = run(project, sys.executable, "-m", "stages.lib.params", check=False)
+    assert_user_error(result, "train_mlp.lrr: unknown key")

@@ -142,3 +142,12 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML: {err}") from None
     return validate_params(raw, str(path))
+
+
+if __name__ == "__main__":
+    # `python -m stages.lib.params`: check params.yaml on its own. `make run` does this first,
+    # because DVC reruns only the stages whose listed keys changed, so a misspelt key added
+    # by hand would otherwise go unnoticed until a stage reading that section runs.
+    from .errors import run_stage
+
+    run_stage("params", load_params)
