@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from stages.lib import figures
-from stages.lib.dataset import load_split
+from stages.lib.dataset import load_split, targets_in_digit_order
 from stages.lib.errors import run_stage
 from stages.lib.files import atomic_dir, read_json, write_text
 from stages.lib.params import load_params
@@ -41,10 +41,10 @@ def main() -> None:
             {name: read_history(f"plots/{name}.tsv") for name in TRAINED},
             {f"baseline {k.upper()}": metrics["baseline"][k]["accuracy"] for k in ("l1", "l2")},
             out / FIGURES["curves"])
-        order = [names.index(d) for d in digits]
-        figures.mean_images(baseline["means"][order], digits, out / FIGURES["means"])
+        figures.mean_images(baseline["means"][targets_in_digit_order(digits)], digits,
+                            out / FIGURES["means"])
         figures.confusion_matrices(
-            {r.name: confusion_by_digit(r, valid, digits, names) for r in results}, digits,
+            {r.name: confusion_by_digit(r, valid, digits) for r in results}, digits,
             out / FIGURES["confusion"])
         weights = models["linear"][0].weight.detach()
         titles = ([f"output: {digits[0]} (+) vs {digits[1]} (−)"] if len(weights) == 1

@@ -8,7 +8,7 @@ import torch
 from stages.lib.dataset import (Split, build_splits, check_digits_available,
                                 check_no_empty_class, class_counts, class_order, encode_targets,
                                 load_split, random_valid_mask, resolve_split, save_split,
-                                target_digits)
+                                target_digits, targets_in_digit_order)
 from stages.lib.errors import UserError
 from stages.lib.sources import _write_split
 from tests.helpers import tiny_digits
@@ -19,6 +19,7 @@ def test_two_digits_first_is_one_like_the_book():
     assert encode_targets(labels, [3, 7]).tolist() == [1, 0, 0, 1]
     assert encode_targets(labels, [7, 3]).tolist() == [0, 1, 1, 0]
     assert target_digits([3, 7]) == [7, 3]
+    assert targets_in_digit_order([3, 7]) == [1, 0]
 
 
 def test_three_or_more_digits_use_the_position():
@@ -26,6 +27,7 @@ def test_three_or_more_digits_use_the_position():
     assert encode_targets(labels, [4, 9, 0]).tolist() == [1, 2, 0]
     assert encode_targets(torch.arange(10), list(range(10))).tolist() == list(range(10))
     assert target_digits([4, 9, 0]) == [4, 9, 0]
+    assert targets_in_digit_order([4, 9, 0]) == [0, 1, 2]
 
 
 def test_class_order_groups_by_digit_in_listed_order_keeping_source_order():

@@ -59,16 +59,20 @@ def class_order(labels: torch.Tensor, digits: list[int]) -> torch.Tensor:
     return torch.cat([torch.nonzero(labels == d).flatten() for d in digits])
 
 
-def encode_targets(labels: torch.Tensor, digits: list[int]) -> torch.Tensor:
-    lookup = torch.full((10,), -1, dtype=torch.int64)
-    codes = [1, 0] if len(digits) == 2 else list(range(len(digits)))
-    lookup[torch.tensor(digits)] = torch.tensor(codes)
-    return lookup[labels.long()]
-
-
 def target_digits(digits: list[int]) -> list[int]:
     """target_digits(digits)[t] is the digit that target value t stands for."""
     return [digits[1], digits[0]] if len(digits) == 2 else list(digits)
+
+
+def targets_in_digit_order(digits: list[int]) -> list[int]:
+    """The target value of each digit, in the order `digits` lists them (for display)."""
+    return [target_digits(digits).index(d) for d in digits]
+
+
+def encode_targets(labels: torch.Tensor, digits: list[int]) -> torch.Tensor:
+    lookup = torch.full((10,), -1, dtype=torch.int64)
+    lookup[torch.tensor(target_digits(digits))] = torch.arange(len(digits))
+    return lookup[labels.long()]
 
 
 def make_split(images: torch.Tensor, labels: torch.Tensor, digits: list[int]) -> Split:
@@ -103,8 +107,7 @@ def build_splits(raw_dir: Path, digits: list[int], split: str, valid_pct: float,
 
 def class_counts(split: Split, digits: list[int]) -> dict[str, int]:
     counts = torch.bincount(split.targets, minlength=len(digits))
-    names = target_digits(digits)
-    return {str(d): int(counts[names.index(d)]) for d in digits}
+    return {str(d): int(counts[t]) for d, t in zip(digits, targets_in_digit_order(digits))}
 
 
 def check_no_empty_class(counts: dict[str, dict[str, int]]) -> None:

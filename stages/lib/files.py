@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import UserError
+
 _CHUNK = 1 << 20
 
 
@@ -21,8 +23,9 @@ def _umask() -> int:
 
 
 # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions.
-_FILE_MODE = 0o666 & ~_umask()
-_DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
 
 
 @contextlib.contextmanager
@@ -61,8 +64,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def read_json(path: str | os.PathLike, what: str):
     """Read a JSON file another stage wrote; a missing or broken one is a UserError."""
-    from .errors import UserError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())

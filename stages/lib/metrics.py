@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .dataset import target_digits
+from .dataset import targets_in_digit_order
 
 DECIMALS = 4
 
@@ -21,12 +21,11 @@ def classification_metrics(preds: torch.Tensor, targets: torch.Tensor,
     """The metric keys every metrics/*.json shares; per_class is keyed by digit."""
     preds, targets = preds.cpu(), targets.cpu()
     per_class = per_class_accuracy(preds, targets, len(digits))
-    names = target_digits(digits)
     return {
         "accuracy": round((preds == targets).double().mean().item(), DECIMALS),
         "balanced_accuracy": round(per_class.mean().item(), DECIMALS),
-        "per_class": {str(d): round(per_class[names.index(d)].item(), DECIMALS)
-                      for d in digits},
+        "per_class": {str(d): round(per_class[t].item(), DECIMALS)
+                      for d, t in zip(digits, targets_in_digit_order(digits))},
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .book import book_figure, is_book_data
-from .dataset import Split
+from .dataset import Split, targets_in_digit_order
 from .learner import confidence, predict
 from .metrics import confusion_matrix
 from .models import load_checkpoint
@@ -54,11 +54,10 @@ def worst_mistakes(result: ModelResult, valid: Split, names: list[int], k: int):
              f"{result.score_name} {result.scores[i]:.3f}") for i in order.tolist()]
 
 
-def confusion_by_digit(result: ModelResult, valid: Split, digits: list[int],
-                       names: list[int]) -> torch.Tensor:
+def confusion_by_digit(result: ModelResult, valid: Split, digits: list[int]) -> torch.Tensor:
     """Confusion counts with rows/columns in the order of `digits` (not target values)."""
     counts = confusion_matrix(result.preds, valid.targets, len(digits))
-    order = torch.tensor([names.index(d) for d in digits])
+    order = torch.tensor(targets_in_digit_order(digits))
     return counts[order][:, order]
 
 
