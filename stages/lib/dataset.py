@@ -29,6 +29,11 @@ class Split:
         return len(self.targets)
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1], as the book does (`tensor / 255`)."""
+    return images.float() / 255
+
+
 def resolve_split(split: str, available: list[str], source: str) -> str:
     """`official` needs a test set; `auto` picks it when there is one, else `random`."""
     if split == "auto":

@@ -56,6 +56,13 @@ def confidence(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1).max(dim=1).values
 
 
+@torch.no_grad()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """The model's outputs for x in evaluation mode, a batch at a time to bound memory."""
+    model.eval()
+    return torch.cat([model(chunk) for chunk in x.split(batch_size)])
+
+
 # --- the optimizer ---------------------------------------------------------------------------
 
 class SGD:
@@ -122,13 +129,8 @@ class Learner:
             total += loss.detach() * len(yb)
         return total.item() / len(self.train_y)
 
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        return torch.cat([self.model(chunk) for chunk in x.split(4096)])
-
     def validate(self) -> tuple[float, float]:
-        logits = self.logits(self.valid_x)
+        logits = batched_logits(self.model, self.valid_x)
         loss = self.loss_fn(logits, self.valid_y).item()
         accuracy = (predict(logits) == self.valid_y).double().mean().item()
         return loss, accuracy

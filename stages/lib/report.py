@@ -9,10 +9,11 @@ import torch
 
 from .book import book_figure, is_book_data
 from .dataset import Split, targets_in_digit_order
-from .learner import confidence, predict
+from .learner import batched_logits, confidence, predict
 from .metrics import confusion_matrix
 from .models import load_checkpoint
 from .similarity import class_distances, nearest_margin
+from .training import as_inputs
 
 
 @dataclass
@@ -35,12 +36,10 @@ def baseline_results(checkpoint: dict, metrics: dict, valid: Split) -> list[Mode
     return results
 
 
-@torch.no_grad()
 def trained_result(name: str, checkpoint_path: Path, metrics: dict,
                    valid: Split) -> tuple[ModelResult, torch.nn.Module]:
     model, checkpoint = load_checkpoint(checkpoint_path)
-    logits = torch.cat([model(chunk.view(len(chunk), -1).float() / 255)
-                        for chunk in valid.images.split(4096)])
+    logits = batched_logits(model, as_inputs(valid, torch.device("cpu"))[0])
     settings = {**checkpoint["training"], "hidden": checkpoint["config"]["hidden"]}
     return ModelResult(name, name, metrics, predict(logits), confidence(logits), "p",
                        settings), model

@@ -6,16 +6,12 @@ from pathlib import Path
 
 import torch
 
+from .dataset import to_float
 from .torchio import load_pt, save_pt
 
 DISTANCES = ("l1", "l2")
 # Valid images compared per step: batch × classes × 784 floats stay a few tens of MB.
 DEFAULT_BATCH = 1024
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1], as the book does (`tensor / 255`)."""
-    return images.float() / 255
 
 
 def class_means(images: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .dataset import Split, load_split
+from .dataset import Split, load_split, to_float
 from .errors import UserError
 from .files import read_json, write_json, write_text
-from .learner import SGD, Learner, TrainingDiverged, loss_function, predict
+from .learner import SGD, Learner, TrainingDiverged, batched_logits, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
 from .params import Params, TrainLinear, TrainMLP
@@ -31,7 +31,7 @@ def resolve_device(name: str) -> torch.device:
 
 def as_inputs(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened float pixels in [0, 1] and int64 targets, on the device."""
-    x = split.images.to(device).view(len(split), -1).float() / 255
+    x = to_float(split.images.to(device)).view(len(split), -1)
     return x, split.targets.to(device)
 
 
@@ -78,7 +78,7 @@ def train_stage(name: str, params: Params) -> None:
                         f"{stage}.lr; no checkpoint or metrics were written") from None
     seconds = time.perf_counter() - start
 
-    preds = predict(learner.logits(valid_x))
+    preds = predict(batched_logits(model, valid_x))
     last = history[-1]
     metrics = {**classification_metrics(preds, valid_y, digits),
                "train_loss": round(last["train_loss"], DECIMALS),
