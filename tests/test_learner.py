@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from stages.lib.errors import UserError
-from stages.lib.learner import (SGD, Learner, TrainingDiverged, bce_loss, confidence,
+from stages.lib.learner import (Learner, TrainingDiverged, bce_loss, confidence,
                                 cross_entropy_loss, loss_function, mnist_loss, predict)
 from stages.lib.models import book_init_, build_model, load_checkpoint, save_checkpoint
+from stages.lib.optim import SGD
+from stages.lib.training import loss_name
 
 
 def block_data(n=64, n_classes=2, seed=0):
@@ -51,9 +53,12 @@ def test_bce_matches_torch():
 
 
 def test_loss_choice():
-    assert loss_function("mnist", 2) is mnist_loss
-    assert loss_function("bce", 2) is bce_loss
-    assert loss_function("mnist", 10) is cross_entropy_loss
+    book = type("Cfg", (), {"loss": "mnist"})()
+    assert loss_function(loss_name("mlp", book, 2)) is mnist_loss
+    assert loss_function(loss_name("linear", type("Cfg", (), {"loss": "bce"})(), 2)) is bce_loss
+    # Three or more digits, and the CNN even on two, use cross-entropy whatever `loss` says.
+    assert loss_function(loss_name("mlp", book, 10)) is cross_entropy_loss
+    assert loss_function(loss_name("cnn", book, 2)) is cross_entropy_loss
 
 
 def test_predict_and_confidence():

@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .optim import Adam, SGD, Schedule, one_cycle
+
+Optimizer = SGD | Adam
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -34,11 +38,12 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, targets)
 
 
-def loss_function(name: str, n_classes: int) -> LossFn:
-    """The loss for a params `loss` name; three or more classes always use cross-entropy."""
-    if n_classes > 2:
-        return cross_entropy_loss
-    return {"mnist": mnist_loss, "bce": bce_loss}[name]
+LOSSES = {"mnist": mnist_loss, "bce": bce_loss, "cross_entropy": cross_entropy_loss}
+
+
+def loss_function(name: str) -> LossFn:
+    """The loss for a name as training.loss_name gives it."""
+    return LOSSES[name]
 
 
 def predict(logits: torch.Tensor) -> torch.Tensor:
@@ -63,29 +68,6 @@ def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) ->
     return torch.cat([model(chunk) for chunk in x.split(batch_size)])
 
 
-# --- the optimizer ---------------------------------------------------------------------------
-
-class SGD:
-    """The chapter's `BasicOptim`: plain SGD, `p -= p.grad * lr`, then clear the gradients.
-
-    Ours rather than torch.optim.SGD, which is the same step but imports torch._dynamo
-    when built: 1.6 s of start-up per training stage, longer than the book's training.
-    """
-
-    def __init__(self, params, lr: float):
-        self.params = [p for p in params if p.requires_grad]
-        self.lr = lr
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for p in self.params:
-            p -= p.grad * self.lr
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-
 # --- the Learner ---------------------------------------------------------------------------
 
 class TrainingDiverged(RuntimeError):
@@ -103,31 +85,60 @@ class Learner:
     valid_x: torch.Tensor
     valid_y: torch.Tensor
     loss_fn: LossFn
-    opt: SGD
+    opt: Optimizer
     batch_size: int = 256
     generator: torch.Generator | None = None  # set: shuffle every epoch with it
+    drop_last: bool = False  # fastai's training loader drops the last, smaller batch
     log: TextIO | None = field(default=sys.stdout)
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    hypers: list[dict] = field(default_factory=list)   # scheduled values, one row per step
+    steps: int = 0                                     # batches trained on so far
 
     def batches(self) -> list[torch.Tensor] | list[slice]:
         n = len(self.train_y)
+        stop = n - n % self.batch_size if self.drop_last and n >= self.batch_size else n
         if self.generator is None:
-            return [slice(i, i + self.batch_size) for i in range(0, n, self.batch_size)]
+            return [slice(i, min(i + self.batch_size, stop))
+                    for i in range(0, stop, self.batch_size)]
         order = torch.randperm(n, generator=self.generator).to(self.train_y.device)
-        return list(order.split(self.batch_size))
+        return list(order[:stop].split(self.batch_size))
 
-    def train_epoch(self) -> float:
+    def n_batches(self) -> int:
+        n = len(self.train_y)
+        if self.drop_last and n >= self.batch_size:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def one_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """One step: predict, loss, backward, step, zero grad; returns the (detached) loss."""
+        loss = self.loss_fn(self.model(xb), yb)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        return loss.detach()
+
+    def train_epoch(self, schedules: dict[str, Schedule] | None = None,
+                    total_steps: int = 0) -> float:
+        """One pass over the training data; `schedules` set hyperparameters before each batch
+        from the progress through `total_steps`, as fastai's ParamScheduler does."""
         self.model.train()
         total = torch.zeros((), device=self.train_y.device)
+        count = 0
         for index in self.batches():
+            if schedules:
+                self.set_hypers(schedules, self.steps / total_steps)
             xb, yb = self.train_x[index], self.train_y[index]
-            loss = self.loss_fn(self.model(xb), yb)
-            loss.backward()
-            self.opt.step()
-            self.opt.zero_grad()
             # Summed on the device: no per-batch .item() sync.
-            total += loss.detach() * len(yb)
-        return total.item() / len(self.train_y)
+            total += self.one_batch(xb, yb) * len(yb)
+            count += len(yb)
+            self.steps += 1
+        return total.item() / count
+
+    def set_hypers(self, schedules: dict[str, Schedule], pos: float) -> None:
+        values = {name: schedule(pos) for name, schedule in schedules.items()}
+        for name, value in values.items():
+            setattr(self.opt, name, value)
+        self.hypers.append({"step": self.steps, **values})
 
     def validate(self) -> tuple[float, float]:
         logits = batched_logits(self.model, self.valid_x)
@@ -135,11 +146,13 @@ class Learner:
         accuracy = (predict(logits) == self.valid_y).double().mean().item()
         return loss, accuracy
 
-    def fit(self, epochs: int) -> list[dict]:
+    def fit(self, epochs: int, schedules: dict[str, Schedule] | None = None) -> list[dict]:
+        """Train for `epochs` at the optimizer's settings, or following `schedules`."""
+        total_steps = epochs * self.n_batches()
         self._print_row("epoch", "train_loss", "valid_loss", "accuracy", "time")
         for _ in range(epochs):
             start = time.perf_counter()
-            train_loss = self.train_epoch()
+            train_loss = self.train_epoch(schedules, total_steps)
             valid_loss, accuracy = self.validate()
             epoch = len(self.history)
             if not self._finite(train_loss, valid_loss):
@@ -150,6 +163,10 @@ class Learner:
             self._print_row(epoch, f"{train_loss:.6f}", f"{valid_loss:.6f}",
                             f"{accuracy:.6f}", f"{seconds:.2f}s")
         return self.history
+
+    def fit_one_cycle(self, epochs: int, lr_max: float) -> list[dict]:
+        """fastai's `fit_one_cycle(epochs, lr_max)`, with its defaults (see optim.one_cycle)."""
+        return self.fit(epochs, one_cycle(lr_max))
 
     def _finite(self, *losses: float) -> bool:
         # Weights too: a saturated sigmoid keeps mnist_loss finite while weights blow up.

@@ -1,0 +1,215 @@
+"""Our Adam, fastai's one-cycle schedule and the learning-rate finder, checked against the
+formulas fastai documents (../shared/REFERENCE.md), on tiny data."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stages.lib.errors import UserError
+from stages.lib.learner import Learner, bce_loss, cross_entropy_loss
+from stages.lib.lr_find import lr_find, valley
+from stages.lib.models import build_model
+from stages.lib.optim import SGD, Adam, combined_cos, decay_and_no_decay, one_cycle, sched_exp
+from tests.test_learner import block_data, make_learner
+
+
+# --- the one-cycle schedule ------------------------------------------------------------------
+
+@pytest.mark.parametrize("pos", [0.0, 0.1, 0.125, 0.2, 0.25, 0.4, 0.625, 0.9, 1.0])
+def test_one_cycle_follows_fastais_formulas(pos):
+    lr_max = 0.1
+    schedule = one_cycle(lr_max)
+
+    def cos(start, end, p):  # fastai's sched_cos
+        return start + (1 + math.cos(math.pi * (1 - p))) * (end - start) / 2
+
+    if pos < 0.25:
+        lr, mom = cos(lr_max / 25, lr_max, pos / 0.25), cos(0.95, 0.85, pos / 0.25)
+    else:
+        p = (pos - 0.25) / 0.75
+        lr, mom = cos(lr_max, lr_max / 1e5, p), cos(0.85, 0.95, p)
+    assert schedule["lr"](pos) == pytest.approx(lr, rel=1e-12)
+    assert schedule["mom"](pos) == pytest.approx(mom, rel=1e-12)
+
+
+def test_one_cycle_landmarks():
+    schedule = one_cycle(0.1)
+    assert schedule["lr"](0) == pytest.approx(0.1 / 25)        # warm-up starts at lr_max/25
+    assert schedule["lr"](0.125) == pytest.approx((0.004 + 0.1) / 2)  # half-way up the cosine
+    assert schedule["lr"](0.25) == pytest.approx(0.1)          # the peak at 25% of the steps
+    assert schedule["lr"](1.0) == pytest.approx(0.1 / 1e5)     # annealed to lr_max/1e5
+    assert [schedule["mom"](p) for p in (0, 0.25, 1)] == pytest.approx([0.95, 0.85, 0.95])
+    lrs = [schedule["lr"](i / 100) for i in range(101)]
+    assert lrs[:26] == sorted(lrs[:26]) and lrs[25:] == sorted(lrs[25:], reverse=True)
+
+
+def test_exponential_sweep():
+    schedule = sched_exp(1e-7, 10)
+    assert schedule(0) == pytest.approx(1e-7)
+    assert schedule(0.5) == pytest.approx(math.sqrt(1e-7 * 10))
+    assert schedule(1) == pytest.approx(10)
+
+
+def test_fit_one_cycle_sets_the_schedule_before_every_batch():
+    x, y = block_data(64, n_classes=2)
+    model = build_model({"kind": "mlp", "n_outputs": 2, "hidden": [8]})
+    learner = Learner(model, x[:48], y[:48], x[48:], y[48:], cross_entropy_loss,
+                      Adam(model, lr=0.01), batch_size=10, drop_last=True, log=None)
+    learner.fit_one_cycle(2, 0.01)
+    schedule = combined_cos(0.25, 0.01 / 25, 0.01, 0.01 / 1e5)
+    total = 2 * 4  # 48 // 10 batches per epoch, the smaller last one dropped
+    assert [row["step"] for row in learner.hypers] == list(range(total))
+    assert [row["lr"] for row in learner.hypers] == [schedule(s / total) for s in range(total)]
+    assert learner.opt.lr == learner.hypers[-1]["lr"]
+
+
+# --- Adam --------------------------------------------------------------------------------------
+
+def fastai_adam_reference(p, grads, lr, mom, wd, sqr_mom=0.99, eps=1e-5, decay=True):
+    """fastai's Adam written out for one parameter: weight decay, then the averaged step."""
+    grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
+    for step, grad in enumerate(grads, start=1):
+        if decay:
+            p = p * (1 - lr * wd)
+        grad_avg = mom * grad_avg + (1 - mom) * grad
+        sqr_avg = sqr_mom * sqr_avg + (1 - sqr_mom) * grad * grad
+        debias1, debias2 = 1 - mom ** step, 1 - sqr_mom ** step
+        p = p - lr / debias1 * grad_avg / ((sqr_avg / debias2).sqrt() + eps)
+    return p
+
+
+def test_adam_matches_fastais_formulas():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: [torch.randn_like(p) for _ in range(4)] for n, p in model.named_parameters()}
+    opt = Adam(model, lr=0.05, wd=0.1, mom=0.9)
+    for i in range(4):
+        for n, p in model.named_parameters():
+            p.grad = grads[n][i].clone()
+        opt.step()
+        opt.zero_grad()
+    for n, p in model.named_parameters():
+        decay = n == "0.weight"  # not biases, not BatchNorm
+        expected = fastai_adam_reference(start[n], grads[n], 0.05, 0.9, 0.1, decay=decay)
+        assert torch.allclose(p, expected, atol=1e-6), n
+        assert p.grad is None
+
+
+def test_no_weight_decay_on_biases_and_norm_layers():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 2))
+    decay, no_decay = decay_and_no_decay(model)
+    assert {id(p) for p in decay} == {id(model[0].weight), id(model[2].weight)}
+    assert len(no_decay) == 4  # conv bias, BatchNorm weight and bias, linear bias
+
+
+# --- the learning-rate finder -------------------------------------------------------------------
+
+def test_valley_is_a_third_and_a_half_along_the_longest_fall():
+    losses = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4, 3.0, 9.0]  # falls from index 0 to 6
+    lrs = [10.0 ** i for i in range(len(losses))]
+    # fastai: max_start = max_end - lds[max_end] = 6 - 7 = -1; sections = 7 / 3;
+    # idx = -1 + int(2.33) + int(1.17) = 2
+    assert valley(lrs, losses) == 2
+
+
+@pytest.mark.parametrize("make", [
+    lambda: make_learner(lr=0.1, batch_size=8, generator=torch.Generator().manual_seed(2)),
+    lambda: cnn_learner()])
+def test_lr_find_restores_model_optimizer_and_shuffling(make):
+    learner = make()
+    model_before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    opt_before = learner.opt.state_dict()
+    rng_before = learner.generator.get_state() if learner.generator is not None else None
+    found = lr_find(learner, num_it=30)
+    assert len(found.lrs) == len(found.losses) <= 30
+    assert all(torch.equal(v, model_before[k]) for k, v in learner.model.state_dict().items())
+    assert learner.opt.lr == opt_before["lr"]
+    if rng_before is not None:
+        assert torch.equal(learner.generator.get_state(), rng_before)
+    assert found.lrs[0] == pytest.approx(1e-7) and found.lrs == sorted(found.lrs)
+    assert 1e-7 < found.suggestion < 10
+
+
+def noisy_learner():
+    """BCE (the book's mnist_loss is bounded by 1, so it cannot pass 4× its best) on shuffled
+    labels, which no model fits: large steps then blow the loss up instead of saturating."""
+    learner = make_learner(batch_size=8, loss=bce_loss)
+    learner.train_y = learner.train_y[torch.randperm(48, generator=torch.Generator().manual_seed(0))]
+    return learner
+
+
+def test_lr_find_stops_once_the_loss_passes_four_times_the_best():
+    learner = noisy_learner()
+    found = lr_find(learner, num_it=100)
+    assert len(found.lrs) < 100  # lr 10 on this data blows the loss up
+    best = min(found.losses[:-1])
+    assert found.losses[-1] > 4 * best or not math.isfinite(found.losses[-1])
+    assert all(loss <= 4 * best for loss in found.losses[:-1])
+
+
+def test_lr_find_smooths_with_a_bias_corrected_average():
+    learner = make_learner(batch_size=48)  # one batch an epoch: each step sees the same data
+    first_loss = learner.loss_fn(learner.model(learner.train_x), learner.train_y).item()
+    found = lr_find(learner, num_it=20)
+    # Bias correction makes the first smoothed value the first loss itself, not 2% of it.
+    assert found.losses[0] == pytest.approx(first_loss, rel=1e-6)
+
+
+def test_lr_find_that_diverges_at_once_is_a_clear_error():
+    learner = noisy_learner()
+    with pytest.raises(UserError, match="too early to suggest"):
+        lr_find(learner, start_lr=1e6, end_lr=1e9, num_it=100)
+
+
+# --- the CNN ------------------------------------------------------------------------------------
+
+def cnn_learner(n_classes=2):
+    torch.manual_seed(0)
+    x, y = block_data(40, n_classes=n_classes)
+    model = build_model({"kind": "cnn", "n_outputs": n_classes})
+    return Learner(model, x[:32], y[:32], x[32:], y[32:], cross_entropy_loss,
+                   Adam(model, lr=1e-3), batch_size=8, drop_last=True, log=io.StringIO())
+
+
+def test_cnn_is_resnet18_taking_one_grey_channel():
+    model = build_model({"kind": "cnn", "n_outputs": 10})
+    net = model[1]
+    assert net.conv1.in_channels == 1 and net.fc.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == 11_175_370  # resnet18, 1 in, 10 out
+    assert model.eval()(torch.rand(3, 784)).shape == (3, 10)
+
+
+def test_cnn_batchnorm_uses_batch_stats_in_training_and_running_stats_after():
+    learner = cnn_learner()
+    bn = learner.model[1].bn1
+    before = bn.running_mean.clone()
+    learner.fit_one_cycle(1, 1e-3)
+    assert not torch.equal(bn.running_mean, before)  # updated while training
+    frozen = bn.running_mean.clone()
+    learner.validate()
+    assert not learner.model.training and torch.equal(bn.running_mean, frozen)
+
+
+def test_drop_last_skips_the_smaller_last_batch():
+    learner = make_learner(batch_size=20)  # 48 training items
+    assert [(b.start, b.stop) for b in learner.batches()] == [(0, 20), (20, 40), (40, 48)]
+    learner.drop_last = True
+    assert [(b.start, b.stop) for b in learner.batches()] == [(0, 20), (20, 40)]
+    assert learner.n_batches() == 2
+    learner.generator = torch.Generator().manual_seed(0)
+    assert [len(b) for b in learner.batches()] == [20, 20]
+
+
+def test_sgd_state_round_trip():
+    model = nn.Linear(2, 1)
+    opt = SGD(model.parameters(), lr=0.3)
+    state = opt.state_dict()
+    opt.lr = 5.0
+    opt.load_state_dict(state)
+    assert opt.lr == 0.3
