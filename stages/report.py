@@ -15,10 +15,11 @@ from stages.lib.similarity import load_means
 from stages.lib.training import read_history
 
 REPORT_DIR = "report"
-TRAINED = ("linear", "mlp")
+TRAINED = ("linear", "mlp", "cnn")
 FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_images.png",
            "confusion": "figures/confusion_matrices.png",
-           "weights": "figures/linear_weights.png", "mistakes": "figures/worst_mistakes.png"}
+           "weights": "figures/linear_weights.png", "mistakes": "figures/worst_mistakes.png",
+           "schedule": "figures/cnn_schedule.png"}
 
 
 def main() -> None:
@@ -30,11 +31,11 @@ def main() -> None:
                for name in ("baseline", *TRAINED)}
     baseline = load_means("models/baseline.pt")
 
-    results = baseline_results(baseline, metrics["baseline"], valid)
-    models = {}
+    trained, models = {}, {}
     for name in TRAINED:
-        result, models[name] = trained_result(name, f"models/{name}.pt", metrics[name], valid)
-        results.append(result)
+        trained[name], models[name] = trained_result(name, f"models/{name}.pt", metrics[name],
+                                                     valid)
+    results = [*baseline_results(baseline, metrics["baseline"], valid), *trained.values()]
 
     with atomic_dir(REPORT_DIR) as out:
         figures.training_curves(
@@ -53,6 +54,7 @@ def main() -> None:
         figures.worst_mistakes(
             {r.name: worst_mistakes(r, valid, names, params.report.worst_mistakes)
              for r in results}, out / FIGURES["mistakes"])
+        figures.one_cycle_schedule(trained["cnn"].settings["hypers"], out / FIGURES["schedule"])
         write_text(out / "report.md", render_markdown(meta, results, metrics, FIGURES))
     print(f"report: {REPORT_DIR}/report.md and {len(FIGURES)} figures", file=sys.stderr)
 

@@ -72,13 +72,15 @@ def test_report_on_real_mnist(book_project):
     assert "Running stage 'report'" in result.stdout
     report = (project / "report/report.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(images) == 5
+    assert len(images) == 6
     for relative in images:
         with Image.open(project / "report" / relative) as png:
             assert png.format == "PNG" and png.width >= 250 and png.height >= 200
     # ours beside the book's, for each model the book has a figure for
     assert "| baseline L1 | 0.9514 | 0.9511 | 0.9168 | 0.9854 | 0.9511 balanced" in report
     assert re.search(r"\| mlp \| 0\.98\d\d \| .* \| 0\.9828 \|", report)
+    assert re.search(r"\| cnn \| 0\.99\d\d \| .* \| 0\.9970 \|", report)
+    assert re.search(r"\| cnn \| adam \| 0\.1 \| 1 \| 128 \| True \| cross_entropy \|", report)
     assert "| train | 6131 | 6265 | 12396 |" in report
 
 

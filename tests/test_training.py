@@ -28,7 +28,7 @@ def book_copy(book_project, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["linear", "mlp"])
-def test_reaches_the_books_accuracy(book_project, name):
+def test_reaches_the_books_accuracy(book_project, name):  # the CNN: test_cnn.py
     project, _ = book_project
     metrics = read_json(project / f"metrics/{name}.json")
     assert metrics["accuracy"] == pytest.approx(BOOK[name], abs=TOLERANCE[name])
@@ -37,7 +37,7 @@ def test_reaches_the_books_accuracy(book_project, name):
     assert metrics["per_class"].keys() == {"3", "7"}
 
 
-@pytest.mark.parametrize("name, epochs", [("linear", 21), ("mlp", 40)])
+@pytest.mark.parametrize("name, epochs", [("linear", 21), ("mlp", 40), ("cnn", 1)])
 def test_history_has_one_row_per_epoch(book_project, name, epochs):
     project, _ = book_project
     lines = (project / f"plots/{name}.tsv").read_text().splitlines()
@@ -48,14 +48,16 @@ def test_history_has_one_row_per_epoch(book_project, name, epochs):
     assert float(last["valid_accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["linear", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "mlp", "cnn"])
 def test_checkpoint_rebuilds_the_trained_model(book_project, name):
     project, _ = book_project
     model, checkpoint = load_checkpoint(project / f"models/{name}.pt")
     valid = torch.load(project / "data/tensors/valid.pt", weights_only=True)
     with torch.no_grad():
         logits = model(valid["images"].view(-1, 784).float() / 255)
-    accuracy = ((logits[:, 0] > 0).long() == valid["targets"]).double().mean().item()
+    # One logit (sigmoid > 0.5) for the linear model and MLP; two, argmax, for the CNN.
+    preds = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    accuracy = (preds == valid["targets"]).double().mean().item()
     assert round(accuracy, 4) == read_json(project / f"metrics/{name}.json")["accuracy"]
     assert checkpoint["digits"] == [3, 7]
 
@@ -63,7 +65,8 @@ def test_checkpoint_rebuilds_the_trained_model(book_project, name):
 def test_metrics_show_lists_all_three_models(book_project):
     project, _ = book_project
     shown = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)[""]["data"]
-    assert {"metrics/baseline.json", "metrics/linear.json", "metrics/mlp.json"} <= set(shown)
+    assert {"metrics/baseline.json", "metrics/linear.json", "metrics/mlp.json",
+            "metrics/cnn.json"} <= set(shown)
 
 
 def test_retraining_gives_identical_checkpoints_and_metrics(book_copy):
@@ -102,11 +105,14 @@ def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
         assert not (book_copy / path).exists()
 
 
-def test_all_ten_digits_mlp_reaches_975_on_the_test_set(book_copy):
+def test_all_ten_digits_mlp_reaches_975_and_cnn_985_on_the_test_set(book_copy):
     set_params(book_copy, TEN_DIGITS)
     result = run(book_copy, "dvc", "repro")
     assert stages_run(result.stdout) == ["tensorise", "baseline", "train_linear", "train_mlp",
-                                         "report"]
+                                         "train_cnn", "report"]
+    # Default CNN params, one epoch: 0.9898 measured (issue #11 asks for 0.990; not yet met).
+    cnn = read_json(book_copy / "metrics/cnn.json")
+    assert cnn["epochs"] == 1 and cnn["n_train"] == 60000 and cnn["accuracy"] >= 0.985
     metrics = read_json(book_copy / "metrics/mlp.json")
     assert metrics["n_valid"] == 10000 and len(metrics["per_class"]) == 10
     assert metrics["accuracy"] >= 0.975

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from .files import atomic_open  # noqa: E402
 
 DPI = 110
-MODEL_COLOURS = {"linear": "tab:blue", "mlp": "tab:orange"}
+MODEL_COLOURS = {"linear": "tab:blue", "mlp": "tab:orange", "cnn": "tab:green"}
 
 
 def save(fig, path: Path, tight: bool = True) -> None:
@@ -33,11 +33,13 @@ def training_curves(histories: dict[str, list[dict]], baselines: dict[str, float
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         colour = MODEL_COLOURS.get(name)
-        acc_ax.plot(epochs, [r["valid_accuracy"] for r in rows], color=colour, label=name)
-        loss_ax.plot(epochs, [r["train_loss"] for r in rows], color=colour,
+        marker = "o" if len(rows) == 1 else None  # a one-epoch model is a point, not a line
+        acc_ax.plot(epochs, [r["valid_accuracy"] for r in rows], color=colour, label=name,
+                    marker=marker)
+        loss_ax.plot(epochs, [r["train_loss"] for r in rows], color=colour, marker=marker,
                      label=f"{name} train")
         loss_ax.plot(epochs, [r["valid_loss"] for r in rows], color=colour, linestyle="--",
-                     label=f"{name} valid")
+                     marker=marker, mfc="none", label=f"{name} valid")
     for (label, value), style in zip(baselines.items(), (":", "-.")):
         acc_ax.axhline(value, color="grey", linestyle=style, label=f"{label} ({value:.4f})")
     acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
@@ -45,6 +47,37 @@ def training_curves(histories: dict[str, list[dict]], baselines: dict[str, float
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def one_cycle_schedule(hypers: dict[str, list[float]], path: Path) -> None:
+    """The learning rate and momentum (Adam's β1) the CNN was trained with, step by step."""
+    fig, (lr_ax, mom_ax) = plt.subplots(1, 2, figsize=(10, 3.4))
+    steps = range(len(hypers["lr"]))
+    lr_ax.plot(steps, hypers["lr"], color=MODEL_COLOURS["cnn"])
+    lr_ax.set(title=f"Learning rate (peak {max(hypers['lr']):g})", xlabel="training step",
+              ylabel="learning rate")
+    mom_ax.plot(steps, hypers["mom"], color=MODEL_COLOURS["cnn"])
+    mom_ax.set(title="Momentum (Adam's β1)", xlabel="training step", ylabel="β1")
+    for ax in (lr_ax, mom_ax):
+        ax.grid(alpha=0.3)
+    fig.suptitle("CNN: the one-cycle schedule it followed")
+    save(fig, path)
+
+
+def lr_find_plot(lrs: list[float], losses: list[float], suggestion: float,
+                 suggestion_loss: float, title: str, path: Path, skip_end: int = 5) -> None:
+    """Smoothed loss against learning rate (log axis), fastai's `valley` marked; the last
+    `skip_end` points are left out, as fastai's plot does, since the loss shoots up there."""
+    shown = slice(None, -skip_end if len(lrs) > skip_end else None)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(lrs[shown], losses[shown], color="tab:blue")
+    ax.plot([suggestion], [suggestion_loss], "o", color="tab:red", ms=8,
+            label=f"valley: lr {suggestion:.2g}")
+    ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss (smoothed)",
+           title=f"Learning-rate finder: {title}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
     save(fig, path)
 
 

@@ -14,18 +14,37 @@ N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"}
 
 
-def n_outputs(digits: list[int]) -> int:
-    """One logit for two digits (the book's sigmoid output), one per class otherwise."""
-    return 1 if len(digits) == 2 else len(digits)
+def n_outputs(kind: str, digits: list[int]) -> int:
+    """The linear model and MLP have one logit for two digits (the book's sigmoid output); the
+    CNN, like the book's, has one output per class and cross-entropy even for two."""
+    return 1 if len(digits) == 2 and kind != "cnn" else len(digits)
 
 
 def build_model(config: dict) -> nn.Module:
-    """A model from its config: {"kind": "linear"|"mlp", "n_outputs": k, "hidden": [...]}."""
+    """A model from its config: {"kind": "linear"|"mlp"|"cnn", "n_outputs": k, "hidden": [...]}.
+
+    Every model takes flat N×784 pixels, so the Learner, the report and predictions treat
+    them alike.
+    """
+    if config["kind"] == "cnn":
+        return resnet18_for_mnist(config["n_outputs"])
     widths = [N_PIXELS, *config.get("hidden", []), config["n_outputs"]]
     layers: list[nn.Module] = []
     for n_in, n_out in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(n_in, n_out), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
+
+
+def resnet18_for_mnist(n_classes: int) -> nn.Module:
+    """torchvision's resnet18 from scratch (no weights downloaded), its first conv taking the
+    one grey channel instead of RGB, behind a reshape from 784 pixels to 1×28×28."""
+    from torchvision.models import resnet18  # only the CNN pays for importing torchvision
+
+    net = resnet18(weights=None, num_classes=n_classes)
+    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    # The init torchvision gives its own convs, not nn.Conv2d's default.
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), net)
 
 
 @torch.no_grad()

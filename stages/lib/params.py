@@ -79,16 +79,20 @@ class _Training(_Section):
     epochs: PositiveInt
     batch_size: PositiveInt
     shuffle: StrictBool
+
+
+class _BookTraining(_Training):
+    """The chapter's linear model and MLP: plain SGD at a fixed lr."""
     # `mnist` is the book's mnist_loss (two digits); `bce` is binary cross-entropy on the
     # logit. With three or more digits both mean cross-entropy over the classes.
     loss: Literal["mnist", "bce"]
 
 
-class TrainLinear(_Training):
+class TrainLinear(_BookTraining):
     init: Literal["book", "torch"]
 
 
-class TrainMLP(_Training):
+class TrainMLP(_BookTraining):
     hidden: list[PositiveInt]
 
     @field_validator("hidden")
@@ -97,6 +101,12 @@ class TrainMLP(_Training):
         if not value:
             raise ValueError("needs at least one hidden layer width, e.g. [30]")
         return value
+
+
+class TrainCNN(_Training):
+    """resnet18 trained as the book does: Adam, fit_one_cycle with `lr` as its peak,
+    cross-entropy over the digits."""
+    wd: Annotated[Float, Field(ge=0)]
 
 
 class Report(_Section):
@@ -108,6 +118,7 @@ class Params(_Section):
     data: Data
     train_linear: TrainLinear
     train_mlp: TrainMLP
+    train_cnn: TrainCNN
     report: Report
 
 

@@ -100,7 +100,7 @@ def data_table(meta: dict) -> str:
 
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
-    keys = ("lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden")
+    keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd")
     lines = [_row(["model", *keys, "final train loss", "final valid loss"]),
              _row(["---"] * (len(keys) + 3))]
     for r in results:
@@ -132,6 +132,12 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         "## The ideal digits",
         "The pixel-similarity baseline compares each image with the mean training image of "
         "each digit:", f"![mean images]({figures['means']})",
+        "## The CNN's one-cycle schedule",
+        "The resnet18 trains as the book's `fit_one_cycle` does: the learning rate warms up "
+        "along a cosine from lr/25 to its peak over the first 25% of steps, then anneals to "
+        "lr/1e5, while Adam's β1 goes from 0.95 down to 0.85 and back. The values below are the "
+        "ones the optimizer had at each step.",
+        f"![one-cycle schedule]({figures['schedule']})",
         "## Confusion matrices", f"![confusion matrices]({figures['confusion']})",
         "## What the linear model looks at",
         "Each output's 784 weights drawn as a 28×28 image: red pixels push the output up, "

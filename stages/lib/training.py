@@ -1,20 +1,25 @@
-"""What both training stages do: build the model, fit it, save checkpoint, metrics, history."""
+"""What every training stage does: build the model, fit it, save checkpoint, metrics, history."""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
 from .dataset import Split, load_split, to_float
 from .errors import UserError
 from .files import read_json, write_json, write_text
-from .learner import SGD, Learner, TrainingDiverged, batched_logits, loss_function, predict
+from .learner import Learner, Optimizer, TrainingDiverged, batched_logits, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
-from .params import Params, TrainLinear, TrainMLP
+from .optim import SGD, Adam
+from .params import Params, TrainCNN, TrainLinear, TrainMLP
+
+TrainingParams = TrainLinear | TrainMLP | TrainCNN
 
 TENSOR_DIR = Path("data/tensors")
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy")
@@ -35,21 +40,39 @@ def as_inputs(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.T
     return x, split.targets.to(device)
 
 
-def model_config(name: str, cfg: TrainLinear | TrainMLP, digits: list[int]) -> dict:
+def model_config(name: str, cfg: TrainingParams, digits: list[int]) -> dict:
     hidden = list(getattr(cfg, "hidden", []))
-    return {"kind": name, "n_outputs": n_outputs(digits), "hidden": hidden}
+    return {"kind": name, "n_outputs": n_outputs(name, digits), "hidden": hidden}
 
 
-def history_tsv(history: list[dict]) -> str:
-    rows = ["\t".join(HISTORY_COLUMNS)]
-    for row in history:
-        rows.append("\t".join(str(row["epoch"]) if col == "epoch" else f"{row[col]:.6f}"
-                              for col in HISTORY_COLUMNS))
-    return "\n".join(rows) + "\n"
+def loss_name(name: str, cfg: TrainingParams, n_classes: int) -> str:
+    """The loss actually used: the CNN, and any model of three or more digits, use
+    cross-entropy; the linear model and MLP on two digits use their `loss` param."""
+    if name == "cnn" or n_classes > 2:
+        return "cross_entropy"
+    return cfg.loss
 
 
-def train_stage(name: str, params: Params) -> None:
-    """Train `name` ("linear" or "mlp") with params.train_<name>; write its three outputs."""
+def make_optimizer(name: str, cfg: TrainingParams, model: torch.nn.Module) -> Optimizer:
+    """The book's plain SGD for the linear model and MLP; fastai's Adam for the CNN."""
+    if name == "cnn":
+        return Adam(model, lr=cfg.lr, wd=cfg.wd)
+    return SGD(model.parameters(), lr=cfg.lr)
+
+
+@dataclass
+class Prepared:
+    """A training stage's model and data, set up as the stage trains them."""
+    stage: str
+    cfg: TrainingParams
+    meta: dict
+    config: dict           # what rebuilds the model (saved in the checkpoint)
+    learner: Learner
+    device: torch.device
+
+
+def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepared:
+    """Load the tensors and build the model, loss and optimizer of stage `train_<name>`."""
     stage = f"train_{name}"
     cfg = getattr(params, stage)
     device = resolve_device(params.base.device)
@@ -67,31 +90,63 @@ def train_stage(name: str, params: Params) -> None:
     (train_x, train_y), (valid_x, valid_y) = as_inputs(train, device), as_inputs(valid, device)
     generator = torch.Generator().manual_seed(params.base.seed) if cfg.shuffle else None
     learner = Learner(model, train_x, train_y, valid_x, valid_y,
-                      loss_fn=loss_function(cfg.loss, len(digits)),
-                      opt=SGD(model.parameters(), lr=cfg.lr),
-                      batch_size=cfg.batch_size, generator=generator, log=sys.stderr)
+                      loss_fn=loss_function(loss_name(name, cfg, len(digits))),
+                      opt=make_optimizer(name, cfg, model), batch_size=cfg.batch_size,
+                      generator=generator, drop_last=name == "cnn", log=log)
+    return Prepared(stage, cfg, meta, config, learner, device)
+
+
+def history_tsv(history: list[dict]) -> str:
+    rows = ["\t".join(HISTORY_COLUMNS)]
+    for row in history:
+        rows.append("\t".join(str(row["epoch"]) if col == "epoch" else f"{row[col]:.6f}"
+                              for col in HISTORY_COLUMNS))
+    return "\n".join(rows) + "\n"
+
+
+def training_settings(prepared: Prepared, params: Params) -> dict:
+    """What the checkpoint records of how the model was trained (and the book lookup reads)."""
+    name, cfg, learner = prepared.config["kind"], prepared.cfg, prepared.learner
+    settings = {**cfg.model_dump(exclude={"hidden"}), "seed": params.base.seed,
+                "loss": loss_name(name, cfg, len(prepared.meta["digits"]))}
+    if name == "cnn":
+        # The schedule as followed, one value per step, for the report to draw.
+        settings.update(optimizer="adam", schedule="one_cycle",
+                        hypers={key: [row[key] for row in learner.hypers]
+                                for key in ("lr", "mom")})
+    else:
+        settings.update(optimizer="sgd")
+    return settings
+
+
+def train_stage(name: str, params: Params) -> None:
+    """Train `name` ("linear", "mlp" or "cnn") with params.train_<name>; write its outputs."""
+    prepared = prepare(name, params)
+    stage, cfg, learner, meta = prepared.stage, prepared.cfg, prepared.learner, prepared.meta
     start = time.perf_counter()
     try:
-        history = learner.fit(cfg.epochs)
+        history = (learner.fit_one_cycle(cfg.epochs, cfg.lr) if name == "cnn"
+                   else learner.fit(cfg.epochs))
     except TrainingDiverged as err:
         raise UserError(f"training diverged with {stage}.lr = {cfg.lr}: {err}. Lower "
                         f"{stage}.lr; no checkpoint or metrics were written") from None
     seconds = time.perf_counter() - start
 
-    preds = predict(batched_logits(model, valid_x))
+    preds = predict(batched_logits(learner.model, learner.valid_x))
     last = history[-1]
-    metrics = {**classification_metrics(preds, valid_y, digits),
+    metrics = {**classification_metrics(preds, learner.valid_y, meta["digits"]),
                "train_loss": round(last["train_loss"], DECIMALS),
                "valid_loss": round(last["valid_loss"], DECIMALS),
-               "epochs": cfg.epochs, "n_train": len(train), "n_valid": len(valid),
-               "source": meta["source"]}
+               "epochs": cfg.epochs, "n_train": len(learner.train_y),
+               "n_valid": len(learner.valid_y), "source": meta["source"]}
 
-    training = {**cfg.model_dump(exclude={"hidden"}), "seed": params.base.seed}
-    save_checkpoint(f"models/{name}.pt", model, config, training, digits, meta["target_digits"])
+    save_checkpoint(f"models/{name}.pt", learner.model, prepared.config,
+                    training_settings(prepared, params), meta["digits"], meta["target_digits"])
     write_text(f"plots/{name}.tsv", history_tsv(history))
     write_json(f"metrics/{name}.json", metrics)
     print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
-          f"per class {metrics['per_class']} ({seconds:.1f} s on {device})", file=sys.stderr)
+          f"per class {metrics['per_class']} ({seconds:.1f} s on {prepared.device}, "
+          f"{seconds / cfg.epochs:.2f} s/epoch)", file=sys.stderr)
 
 
 def read_history(path: str | Path) -> list[dict]:

@@ -1,0 +1,56 @@
+"""`python -m stages.lr_find STAGE`: fastai's learning-rate finder for a training stage.
+
+Builds the stage's model, data, loss and optimizer exactly as `dvc repro` would (from
+params.yaml and data/tensors), sweeps the learning rate from 1e-7 to 10, prints fastai's
+`valley` suggestion and writes a plot of loss against learning rate. Not a DVC stage: it
+changes nothing the pipeline tracks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stages.lib import figures
+from stages.lib.errors import UserError, run_stage
+from stages.lib.lr_find import END_LR, NUM_IT, START_LR, lr_find
+from stages.lib.params import load_params
+from stages.lib.training import prepare
+
+TRAINING_STAGES = ("train_linear", "train_mlp", "train_cnn")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.lr_find", description=__doc__.split(
+        "\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("stage", help=f"one of {', '.join(TRAINING_STAGES)}")
+    parser.add_argument("--num-it", type=int, default=NUM_IT,
+                        help=f"batches in the sweep (default {NUM_IT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the plot (default lr_find/STAGE.png)")
+    args = parser.parse_args(argv)
+    if args.stage not in TRAINING_STAGES:
+        parser.error(f"unknown stage {args.stage!r}; choose one of {', '.join(TRAINING_STAGES)}")
+    if args.num_it < 10:
+        parser.error("--num-it must be at least 10")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    name = args.stage.removeprefix("train_")
+    out = args.out or Path("lr_find") / f"{args.stage}.png"
+    prepared = prepare(name, load_params(), log=None)
+    found = lr_find(prepared.learner, START_LR, END_LR, args.num_it)
+    figures.lr_find_plot(found.lrs, found.losses, found.suggestion, found.suggestion_loss,
+                         f"{args.stage} (batch size {prepared.cfg.batch_size})", out)
+    print(f"lr_find {args.stage}: {len(found.lrs)} batches from lr {START_LR:g} to "
+          f"{found.lrs[-1]:.3g}; valley suggests lr {found.suggestion:.3g} "
+          f"(params.yaml has {prepared.cfg.lr:g})\n"
+          f"plot: {out}\n"
+          f"try it: dvc exp run -S {args.stage}.lr={found.suggestion:.2g}")
+
+
+if __name__ == "__main__":
+    run_stage("lr_find", lambda: main(sys.argv[1:]))
