@@ -1,11 +1,17 @@
-"""Benchmark: our Learner against the chapter's DataLoader loop, training FLOP/s against a
-large matmul, and cold / no-op `dvc repro` per stage, for MNIST 3/7 and for all ten digits.
+"""Benchmark: our Learner against the chapter's DataLoader loop, our resnet18 epoch against the
+book's fastai code, training FLOP/s against a large matmul, and cold / no-op `dvc repro` per
+stage, for MNIST 3/7 and for all ten digits.
 
 Runs offline on real MNIST from ../shared/mnist (or the folder/URL in MNIST_MIRRORS), in
 temp copies of the project. Prints a table and writes bench/results/bench.json.
 
-    python -m bench.bench              # everything (about 2 minutes on 2 cores)
+    python -m bench.bench              # everything (about 7 minutes on 2 cores)
     python -m bench.bench --quick      # skip the ten-digit pipeline
+    python -m bench.bench --no-fastai  # skip the fastai comparison (and its venv)
+
+The fastai comparison installs fastai into bench/.fastai-venv on first use (about 270 MB:
+fastai and what it needs beyond the project's own packages, which it shares through a .pth
+file), never into the project's requirements.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +32,17 @@ from pathlib import Path
 import torch
 
 from stages.lib.dataset import load_split
-from stages.lib.learner import SGD, Learner, mnist_loss, predict
+from stages.lib.learner import Learner, mnist_loss, predict
+from stages.lib.optim import SGD
 from stages.lib.models import book_init_, build_model
 from stages.lib.training import as_inputs
 from tests.helpers import ROOT, SHARED_MNIST, make_project, serve_folder, set_params
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
-STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "report")
+STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "train_cnn",
+          "report")
+FASTAI_VENV = ROOT / "bench" / ".fastai-venv"
+FASTAI = "fastai==2.8.12"
 BOOK = {"data.source": "mnist", "data.split": "official"}
 # The README's all-ten-digits settings.
 TEN_DIGITS = {**BOOK, "data.digits": list(range(10)), "train_linear.init": "torch",
@@ -147,12 +158,77 @@ def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
         seconds, rss = timed(single, dvc, "repro", "-q", "--single-item", stage, env=env)
         stages[stage] = {"seconds": seconds, "peak_rss_mb": rss}
     metrics = {name: json.loads((whole / f"metrics/{name}.json").read_text())
-               for name in ("baseline", "linear", "mlp")}
+               for name in ("baseline", "linear", "mlp", "cnn")}
     return {"label": label, "cold_to_train_mlp_s": to_mlp, "cold_total_s": to_mlp + report,
             "noop_s": noop, "stages": stages,
             "accuracy": {"baseline_l1": metrics["baseline"]["l1"]["accuracy"],
                          "linear": metrics["linear"]["accuracy"],
-                         "mlp": metrics["mlp"]["accuracy"]}}
+                         "mlp": metrics["mlp"]["accuracy"], "cnn": metrics["cnn"]["accuracy"]}}
+
+
+# --- the CNN against the book's fastai code ----------------------------------------------------
+
+def our_cnn_epoch(project: Path) -> dict:
+    """One epoch of train_cnn with the project's params, timed in this process."""
+    from stages.lib.params import load_params
+    from stages.lib.training import prepare
+
+    with contextlib.chdir(project):
+        prepared = prepare("cnn", load_params(), log=None)
+    learner = prepared.learner
+    start = time.perf_counter()
+    history = learner.fit_one_cycle(1, prepared.cfg.lr)
+    seconds = time.perf_counter() - start
+    accuracy = history[-1]["valid_accuracy"]
+    return {"seconds": seconds, "accuracy": accuracy, "n_valid": len(learner.valid_y),
+            "wrong": round((1 - accuracy) * len(learner.valid_y)),
+            "batch_size": learner.batch_size}
+
+
+def fastai_python() -> Path:
+    """bench/.fastai-venv's python, with fastai installed beside the project's packages."""
+    python = FASTAI_VENV / "bin" / "python"
+    if not (FASTAI_VENV / ".installed").exists():
+        print(f"bench: installing {FASTAI} into {FASTAI_VENV.relative_to(ROOT)} ...",
+              file=sys.stderr)
+        subprocess.run(["python3", "-m", "venv", "--clear", str(FASTAI_VENV)], check=True)
+        site = subprocess.run([str(python), "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        ours = sysconfig.get_paths()["purelib"]
+        # The project's packages (torch above all) are seen, not installed a second time.
+        Path(site, "project.pth").write_text(ours + "\n")
+        pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", FASTAI], capture_output=True,
+                             text=True)
+        if pip.returncode != 0:
+            raise RuntimeError(f"installing {FASTAI} failed:\n{pip.stderr[-3000:]}")
+        (FASTAI_VENV / ".installed").touch()
+    return python
+
+
+def write_mnist_sample(tensors_dir: Path, folder: Path) -> Path:
+    """fast.ai's MNIST_SAMPLE layout (train/3, train/7, valid/3, valid/7 PNGs) from tensors."""
+    from PIL import Image
+
+    for split, name in (("train", "train"), ("valid", "valid")):
+        data = load_split(tensors_dir / f"{split}.pt")
+        digits = json.loads((tensors_dir / "meta.json").read_text())["target_digits"]
+        for i, (image, target) in enumerate(zip(data.images.numpy(), data.targets.tolist())):
+            digit_dir = folder / name / str(digits[target])
+            digit_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(digit_dir / f"{i}.png")
+    return folder
+
+
+def fastai_cnn_epoch(tensors_dir: Path, workdir: Path) -> dict:
+    sample = write_mnist_sample(tensors_dir, workdir / "mnist_sample")
+    result = subprocess.run([str(fastai_python()), str(ROOT / "bench" / "fastai_cnn.py"),
+                             str(sample)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    if result.returncode != 0:
+        raise RuntimeError(f"the fastai run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -169,6 +245,16 @@ def print_report(results: dict) -> None:
               f"{row['speedup']:>8.1f}x{row['gflops_per_s']:>10.1f}"
               f"{row['gflops_per_s'] / results['matmul_gflops']:>8.1%}  {row['same_final_weights']}")
     print(f"large torch.mm (2048²): {results['matmul_gflops']:.1f} GFLOP/s")
+    if "cnn" in results:
+        ours, book = results["cnn"]["ours"], results["cnn"].get("fastai")
+        print("\nresnet18, one epoch of fit_one_cycle(1, 0.1) on MNIST 3/7")
+        print(f"{'':<22}{'seconds':>9}{'batch':>7}{'accuracy':>10}{'wrong':>7}")
+        for label, row in (("ours (train_cnn)", ours), ("fastai, book's code", book)):
+            if row:
+                print(f"{label:<22}{row['seconds']:>9.1f}{row['batch_size']:>7}"
+                      f"{row['accuracy']:>10.4f}{row['wrong']:>7}")
+        if book:
+            print(f"speed-up: {book['seconds'] / ours['seconds']:.2f}x")
     for run in results["pipelines"]:
         print(f"\n`dvc repro`, {run['label']}: cold to train_mlp {run['cold_to_train_mlp_s']:.1f} s, "
               f"whole pipeline {run['cold_total_s']:.1f} s, no-op {run['noop_s']:.2f} s")
@@ -182,6 +268,8 @@ def print_report(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the ten-digit pipeline")
+    parser.add_argument("--no-fastai", action="store_true",
+                        help="skip the fastai comparison (installs fastai into a side venv)")
     args = parser.parse_args()
     if not os.environ.get("MNIST_MIRRORS") and not SHARED_MNIST.is_dir():
         sys.exit(f"bench: real MNIST not found at {SHARED_MNIST}; set MNIST_MIRRORS")
@@ -209,6 +297,11 @@ def main() -> None:
             time_training("mlp", {"kind": "mlp", "n_outputs": 1, "hidden": [30]}, False, 0.1,
                           40, tensors)]
         results["matmul_gflops"] = matmul_gflops()
+
+        print("bench: resnet18 epoch, ours then fastai's ...", file=sys.stderr)
+        results["cnn"] = {"ours": our_cnn_epoch(workdir / "mnist37" / "whole")}
+        if not args.no_fastai:
+            results["cnn"]["fastai"] = fastai_cnn_epoch(tensors_dir, workdir)
         different = [r["model"] for r in results["training"] if not r["same_final_weights"]]
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
