@@ -66,6 +66,9 @@ def test_fit_one_cycle_sets_the_schedule_before_every_batch():
     assert [row["step"] for row in learner.hypers] == list(range(total))
     assert [row["lr"] for row in learner.hypers] == [schedule(s / total) for s in range(total)]
     assert learner.opt.lr == learner.hypers[-1]["lr"]
+    # A second fit starts its own schedule from the beginning.
+    learner.fit_one_cycle(1, 0.01)
+    assert learner.hypers[total]["lr"] == pytest.approx(0.01 / 25)
 
 
 # --- Adam --------------------------------------------------------------------------------------

@@ -118,15 +118,16 @@ class Learner:
         return loss.detach()
 
     def train_epoch(self, schedules: dict[str, Schedule] | None = None,
-                    total_steps: int = 0) -> float:
+                    total_steps: int = 0, first_step: int = 0) -> float:
         """One pass over the training data; `schedules` set hyperparameters before each batch
-        from the progress through `total_steps`, as fastai's ParamScheduler does."""
+        from the progress through the fit's `total_steps` since its `first_step`, as fastai's
+        ParamScheduler does."""
         self.model.train()
         total = torch.zeros((), device=self.train_y.device)
         count = 0
         for index in self.batches():
             if schedules:
-                self.set_hypers(schedules, self.steps / total_steps)
+                self.set_hypers(schedules, (self.steps - first_step) / total_steps)
             xb, yb = self.train_x[index], self.train_y[index]
             # Summed on the device: no per-batch .item() sync.
             total += self.one_batch(xb, yb) * len(yb)
@@ -148,11 +149,11 @@ class Learner:
 
     def fit(self, epochs: int, schedules: dict[str, Schedule] | None = None) -> list[dict]:
         """Train for `epochs` at the optimizer's settings, or following `schedules`."""
-        total_steps = epochs * self.n_batches()
+        total_steps, first_step = epochs * self.n_batches(), self.steps
         self._print_row("epoch", "train_loss", "valid_loss", "accuracy", "time")
         for _ in range(epochs):
             start = time.perf_counter()
-            train_loss = self.train_epoch(schedules, total_steps)
+            train_loss = self.train_epoch(schedules, total_steps, first_step)
             valid_loss, accuracy = self.validate()
             epoch = len(self.history)
             if not self._finite(train_loss, valid_loss):
