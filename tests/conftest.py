@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SHARED_MNIST, run_pipeline_project, serve_folder
+from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS, copy_project, run,
+                           run_pipeline_project, serve_folder, set_params)
 
 # Tests never touch the network: DVC stays offline, and the download stage is told to skip
 # the public mirrors (only MNIST_MIRRORS set by a test is tried).
@@ -51,6 +52,14 @@ def book_project(tmp_path_factory, mnist_mirror_url):
     result = run_pipeline_project(project, {"data.source": "mnist", "data.split": "official"},
                                   mirrors=mnist_mirror_url)
     return project, result
+
+
+@pytest.fixture(scope="session")
+def ten_digit_project(tmp_path_factory, book_project):
+    """book_project rerun by `dvc repro` on all ten digits with the README's settings."""
+    project = copy_project(book_project[0], tmp_path_factory.mktemp("ten") / "project")
+    set_params(project, TEN_DIGITS)
+    return project, run(project, "dvc", "repro")
 
 
 @pytest.fixture

@@ -21,6 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST files: ../shared/mnist beside the checkout, or MNIST_TEST_DATA (the GitHub
 # workflow points it at what `dvc repro download` fetched).
 SHARED_MNIST = Path(os.environ.get("MNIST_TEST_DATA", ROOT.parent / "shared" / "mnist"))
+# The all-ten-digits settings documented in the README ("All ten digits").
+TEN_DIGITS = {"data.digits": list(range(10)), "data.split": "official",
+              "train_linear.init": "torch", "train_linear.lr": 0.5,
+              "train_linear.shuffle": True,
+              "train_mlp.hidden": [128], "train_mlp.lr": 0.5, "train_mlp.epochs": 20,
+              "train_mlp.shuffle": True}
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvc/.gitignore",
                  ".dvcignore", ".gitignore")
 

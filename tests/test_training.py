@@ -14,12 +14,6 @@ from tests.helpers import copy_project, read_json, run, run_stage, set_params, s
 
 BOOK = {"linear": 0.9696, "mlp": 0.9828}
 TOLERANCE = {"linear": 0.01, "mlp": 0.005}
-# The all-ten-digits settings documented in the README ("All ten digits").
-TEN_DIGITS = {"data.digits": list(range(10)), "data.split": "official",
-              "train_linear.init": "torch", "train_linear.lr": 0.5,
-              "train_linear.shuffle": True,
-              "train_mlp.hidden": [128], "train_mlp.lr": 0.5, "train_mlp.epochs": 20,
-              "train_mlp.shuffle": True}
 
 
 @pytest.fixture
@@ -105,9 +99,8 @@ def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
         assert not (book_copy / path).exists()
 
 
-def test_all_ten_digits_mlp_reaches_975_and_cnn_985_on_the_test_set(book_copy):
-    set_params(book_copy, TEN_DIGITS)
-    result = run(book_copy, "dvc", "repro")
+def test_all_ten_digits_mlp_reaches_975_and_cnn_985_on_the_test_set(ten_digit_project):
+    book_copy, result = ten_digit_project
     assert stages_run(result.stdout) == ["tensorise", "baseline", "train_linear", "train_mlp",
                                          "train_cnn", "report"]
     # Default CNN params, one epoch: 0.9898 measured (issue #11 asks for 0.990; not yet met).

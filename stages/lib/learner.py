@@ -53,12 +53,18 @@ def predict(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
-def confidence(logits: torch.Tensor) -> torch.Tensor:
-    """The probability the model gives its own prediction."""
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """N×classes probabilities, one column per target value: a single logit is the
+    sigmoid's probability of target 1, so target 0 gets the rest."""
     if logits.shape[1] == 1:
         p = logits[:, 0].sigmoid()
-        return torch.maximum(p, 1 - p)
-    return logits.softmax(dim=1).max(dim=1).values
+        return torch.stack([1 - p, p], dim=1)
+    return logits.softmax(dim=1)
+
+
+def confidence(logits: torch.Tensor) -> torch.Tensor:
+    """The probability the model gives its own prediction."""
+    return probabilities(logits).max(dim=1).values
 
 
 @torch.no_grad()

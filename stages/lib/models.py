@@ -63,9 +63,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: 
                    "digits": digits, "target_digits": target_digits})
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model saved by save_checkpoint; anything else is a clear error."""
-    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint")
+def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by save_checkpoint (by `stage`); anything else is a clear error."""
+    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage)
     model = build_model(checkpoint["config"])
     try:
         model.load_state_dict(checkpoint["state_dict"])

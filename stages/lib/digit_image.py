@@ -1,0 +1,176 @@
+"""A user's own picture of a digit, turned into a 28×28 image the way MNIST's were made.
+
+MNIST's digits are light on a black background, cropped to the ink, scaled to fit a
+20×20 box with their aspect ratio kept, and placed in a 28×28 field so that their centre
+of mass (pixel-index weighted) falls on row 14, column 14. A photo or drawing goes through
+the same steps; a 28×28 image on pure black is MNIST-format already and passes through
+unchanged (on pure white, it is only inverted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+SIZE = 28   # the MNIST field
+BOX = 20    # the box MNIST fits each digit into
+CENTRE = 14
+# Ink weaker than this share of the darkest stroke is background: paper texture, JPEG noise.
+MIN_INK = 0.1
+STRAY_INK = 0.005  # share of the ink that may lie outside the digit's box (dust, specks)
+MAX_PIXELS = 1024  # larger photos are shrunk first: a 20×20 result needs no more
+
+
+def read_digit(path: str | Path) -> np.ndarray:
+    """The image at `path` as a 28×28 uint8 MNIST-style digit; UserError naming the file
+    when it is missing, not an image, or blank."""
+    return prepare_digit(read_grey(path), name=str(path))
+
+
+def read_grey(path: str | Path) -> np.ndarray:
+    """Grey levels 0-255 (float) of the image file, upright as the camera meant it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((MAX_PIXELS, MAX_PIXELS))
+            return np.asarray(flatten_alpha(image).convert("L"), dtype=np.float64)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image Pillow can read (PNG or JPEG expected)") from None
+    except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt image data
+        raise UserError(f"{path}: cannot read the image ({err})") from None
+
+
+def flatten_alpha(image):
+    """A transparent image laid on a background that its strokes stand out from.
+
+    Drawing apps export strokes on a transparent background; on white, white strokes would
+    vanish, so the background is the opposite of the strokes' own shade.
+    """
+    from PIL import Image
+
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.min() == 255:
+        return rgba.convert("RGB")
+    grey = np.asarray(rgba.convert("L"), dtype=np.float64)
+    strokes = grey[alpha > 127]
+    shade = 255 if strokes.size == 0 or strokes.mean() < 128 else 0
+    background = Image.new("RGBA", rgba.size, (shade, shade, shade, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def prepare_digit(grey: np.ndarray, name: str = "image") -> np.ndarray:
+    """Grey levels (H×W, 0-255) -> 28×28 uint8, light digit on black, as MNIST."""
+    if grey.size == 0:
+        raise UserError(f"{name}: the image is empty (0 pixels)")
+    mnist = mnist_format(grey)
+    if mnist is not None:
+        return mnist
+    ink = ink_levels(grey)
+    if ink is None:
+        raise UserError(f"{name}: no digit found (the image is one flat shade)")
+    return centre_by_mass(fit_in_box(crop_to_ink(ink)))
+
+
+def mnist_format(grey: np.ndarray) -> np.ndarray | None:
+    """A 28×28 image on pure black (or pure white, inverted) as it is, every grey level
+    kept: MNIST's own images, or an MNIST image saved dark on light."""
+    if grey.shape != (SIZE, SIZE) or grey.max() == grey.min():
+        return None
+    background = np.median(border_pixels(grey))
+    if background == 0:
+        return np.rint(grey).astype(np.uint8)
+    if background == 255:
+        return np.rint(255 - grey).astype(np.uint8)
+    return None
+
+
+def border_pixels(grey: np.ndarray) -> np.ndarray:
+    return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+
+
+def paper(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """The background's shade at every pixel and how much it varies by itself.
+
+    A plane fitted to the border pixels, so light falling across a photographed page from
+    one side is background, not ink; border pixels far off the first fit (a stroke running
+    off the edge) are left out of the second.
+    """
+    height, width = grey.shape
+    rows, cols = np.indices(grey.shape)
+    on_border = np.zeros(grey.shape, dtype=bool)
+    on_border[[0, -1]], on_border[:, [0, -1]] = True, True
+    design = np.stack([np.ones(on_border.sum()), rows[on_border], cols[on_border]], axis=1)
+    values = grey[on_border]
+    coef = np.linalg.lstsq(design, values, rcond=None)[0]
+    residual = np.abs(values - design @ coef)
+    kept = residual <= 3 * np.median(residual) + 1
+    coef = np.linalg.lstsq(design[kept], values[kept], rcond=None)[0]
+    noise = float(np.percentile(np.abs(values[kept] - design[kept] @ coef), 99))
+    return coef[0] + coef[1] * rows + coef[2] * cols, noise
+
+
+def ink_levels(grey: np.ndarray) -> np.ndarray | None:
+    """How much ink each pixel holds, 0 (background) to 1, or None for a blank image.
+
+    The digit is whatever differs most from the paper in one direction, so dark ink on
+    light paper and light on dark both work; differences within the paper's own variation
+    (texture, JPEG noise) or under a tenth of the strongest stroke are background.
+    """
+    background, noise = paper(grey)
+    difference = grey - background
+    ink = -difference if -difference.min() > difference.max() else difference
+    peak = float(ink.max())
+    if peak <= 3 * noise or peak < 1:
+        return None
+    ink = ink / peak
+    ink[ink < max(MIN_INK, 3 * noise / peak)] = 0
+    return ink
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """The box holding the digit: rows and columns from either edge are dropped while
+    together they hold under 0.5% of the ink, so a speck of dust does not widen it."""
+    def span(profile: np.ndarray) -> slice:
+        share = np.cumsum(profile) / profile.sum()
+        return slice(int(np.searchsorted(share, STRAY_INK, side="right")),
+                     int(np.searchsorted(share, 1 - STRAY_INK, side="left")) + 1)
+
+    return ink[span(ink.sum(axis=1)), span(ink.sum(axis=0))]
+
+
+def fit_in_box(ink: np.ndarray) -> np.ndarray:
+    """Scaled (antialiased) so the longer side is 20 pixels, the aspect ratio kept."""
+    from PIL import Image
+
+    height, width = ink.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(ink.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized, dtype=np.float64), 0, 1)
+
+
+def centre_by_mass(patch: np.ndarray) -> np.ndarray:
+    """The patch in a 28×28 field, shifted by whole pixels so its centre of mass is at
+    (14, 14) as in MNIST (kept inside the field)."""
+    height, width = patch.shape
+    mass = patch.sum()
+    row = (patch.sum(axis=1) @ np.arange(height)) / mass
+    col = (patch.sum(axis=0) @ np.arange(width)) / mass
+    top = min(max(round(CENTRE - row), 0), SIZE - height)
+    left = min(max(round(CENTRE - col), 0), SIZE - width)
+    field = np.zeros((SIZE, SIZE))
+    field[top:top + height, left:left + width] = patch
+    return np.rint(field * 255).astype(np.uint8)

@@ -1,0 +1,102 @@
+"""Classifying prepared 28×28 digits with the pipeline's trained checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .dataset import to_float
+from .errors import UserError
+from .learner import batched_logits, predict, probabilities
+from .models import load_checkpoint
+
+TRAINED = ("linear", "mlp", "cnn")
+
+
+@dataclass
+class Classifier:
+    name: str
+    path: Path
+    model: nn.Module
+    kind: str
+    digits: list[int]          # the digits it was trained on, as data.digits listed them
+    target_digits: list[int]   # target_digits[t]: the digit that output class t stands for
+
+
+def checkpoint_path(ref: str) -> tuple[str, Path]:
+    """A model's name and checkpoint from `--model`: a name the pipeline trains
+    (models/NAME.pt) or the path of a checkpoint, e.g. one `dvc artifacts get` fetched."""
+    if ref in TRAINED:
+        return ref, Path("models") / f"{ref}.pt"
+    path = Path(ref)
+    if path.suffix != ".pt":
+        raise UserError(f"--model {ref}: expected one of {', '.join(TRAINED)} or the path of "
+                        f"a .pt checkpoint")
+    return path.name, path
+
+
+def load_classifier(ref: str) -> Classifier:
+    name, path = checkpoint_path(ref)
+    stage = f"train_{name}" if ref in TRAINED else ""
+    model, checkpoint = load_checkpoint(path, stage)
+    return Classifier(name, path, model, checkpoint["config"]["kind"], checkpoint["digits"],
+                      checkpoint["target_digits"])
+
+
+def load_classifiers(refs: list[str] | None) -> tuple[list[Classifier], list[str]]:
+    """The models asked for, or by default every trained checkpoint in models/; with the
+    names of default ones not trained yet (a default run skips them; an asked-for one that
+    is missing is an error)."""
+    if refs:
+        return [load_classifier(ref) for ref in dict.fromkeys(refs)], []
+    present = [name for name in TRAINED if (Path("models") / f"{name}.pt").exists()]
+    if not present:
+        raise UserError("no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run "
+                        "`dvc repro` first")
+    return [load_classifier(name) for name in present], [n for n in TRAINED if n not in present]
+
+
+@torch.no_grad()
+def classify(classifier: Classifier, digits: np.ndarray) -> list[dict]:
+    """Per image (N×28×28 uint8): the predicted digit, its probability, and every
+    digit's probability, as the model's own output classes."""
+    x = to_float(torch.from_numpy(digits)).view(len(digits), -1)
+    logits = batched_logits(classifier.model, x)
+    probs, preds = probabilities(logits), predict(logits)
+    names = classifier.target_digits
+    return [{"digit": names[int(pred)], "probability": float(row[pred]),
+             "probabilities": {str(d): float(row[names.index(d)]) for d in sorted(names)}}
+            for pred, row in zip(preds, probs)]
+
+
+def answer_range(classifiers: list[Classifier]) -> list[str]:
+    """What each group of models can answer: a model trained on some digits picks one
+    of them, whatever the image shows."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for classifier in classifiers:
+        groups.setdefault(tuple(sorted(classifier.digits)), []).append(classifier.name)
+    lines = []
+    for digits, names in groups.items():
+        if len(digits) == 10:
+            lines.append(f"{', '.join(names)}: trained on all ten digits")
+        else:
+            listed = ", ".join(map(str, digits[:-1])) + f" and {digits[-1]}"
+            answers = " or ".join(map(str, digits))
+            lines.append(f"{', '.join(names)}: trained on {listed} only, so each answers "
+                         f"{answers}, whatever the image shows")
+    return lines
+
+
+def results_table(rows: list[dict], classifiers: list[Classifier]) -> str:
+    """File, then per model `digit (probability)`."""
+    header = ["file", *(c.name for c in classifiers)]
+    body = [[row["file"], *(f"{row['predictions'][c.name]['digit']} "
+                            f"({row['predictions'][c.name]['probability']:.3f})"
+                            for c in classifiers)] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                     for line in [header, *body])

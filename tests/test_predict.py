@@ -1,0 +1,277 @@
+"""`python -m stages.predict` on real MNIST digits written out as image files (as they are,
+inverted, upscaled, padded, in colour, as JPEG), its errors, and the models as DVC artifacts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stages.lib.digit_image import BOX, CENTRE, prepare_digit, read_digit
+from stages.lib.errors import UserError
+from stages.lib.idx import read_images_and_labels
+from stages.lib.learner import batched_logits, predict
+from stages.lib.models import load_checkpoint
+from tests.helpers import ROOT, copy_project, git, run
+
+MODELS = ("linear", "mlp", "cnn")
+
+
+@pytest.fixture(scope="module")
+def mnist_test(shared_mnist):
+    """The first 300 images of the MNIST test set and their labels."""
+    images, labels = read_images_and_labels(shared_mnist / "t10k-images-idx3-ubyte.gz",
+                                            shared_mnist / "t10k-labels-idx1-ubyte.gz")
+    return images[:300], labels[:300]
+
+
+def variant(pixels: np.ndarray, kind: str) -> Image.Image:
+    """An MNIST digit as people have digits: bigger, dark on light, in colour, with margins."""
+    image = Image.fromarray(pixels, mode="L")
+    if kind == "plain":
+        return image
+    if kind == "inverted":
+        return Image.fromarray(255 - pixels, mode="L")
+    if kind == "upscaled":  # 4× bigger, dark ink on white paper, RGB
+        big = image.resize((112, 112), Image.Resampling.BICUBIC)
+        return Image.fromarray(255 - np.asarray(big), mode="L").convert("RGB")
+    if kind == "padded":  # 3× bigger, off-centre on a wide black canvas
+        big = np.asarray(image.resize((84, 84), Image.Resampling.BILINEAR))
+        return Image.fromarray(np.pad(big, ((10, 60), (90, 20))), mode="L")
+    raise ValueError(kind)
+
+
+VARIANTS = ("plain", "inverted", "upscaled", "padded")
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    weights = pixels.astype(np.float64)
+    index = np.arange(28)
+    return (weights.sum(1) @ index / weights.sum(), weights.sum(0) @ index / weights.sum())
+
+
+# --- preparing an image --------------------------------------------------------------------
+
+def test_mnist_images_and_their_inverses_pass_through_unchanged(mnist_test):
+    for pixels in mnist_test[0]:
+        assert np.array_equal(prepare_digit(pixels.astype(np.float64)), pixels)
+        assert np.array_equal(prepare_digit(255.0 - pixels), pixels)
+
+
+@pytest.mark.parametrize("kind", ["upscaled", "padded"])
+def test_bigger_digits_come_back_as_mnist_made_them(mnist_test, kind):
+    """Cropped, fit in 20×20, centred by mass: close to the original MNIST image."""
+    differences = []
+    for pixels in mnist_test[0][:100]:
+        grey = np.asarray(variant(pixels, kind).convert("L"), dtype=np.float64)
+        prepared = prepare_digit(grey)
+        rows, cols = np.flatnonzero(prepared.any(1)), np.flatnonzero(prepared.any(0))
+        assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= BOX + 1  # +1: resampling
+        assert centre_of_mass(prepared) == pytest.approx((CENTRE, CENTRE), abs=0.5 + 1e-9)
+        differences.append(np.abs(prepared.astype(float) - pixels).mean())
+    # A digit is ~19% of the field; the mean grey level differs by 7 of 255 (1-pixel shifts
+    # and resampling), against 60 for two different MNIST digits.
+    assert np.mean(differences) < 12
+
+
+def test_a_photo_like_image_is_cropped_and_inverted(tmp_path):
+    """Grey paper with a light gradient and noise, a dark thick stroke: one white digit."""
+    rng = np.random.default_rng(0)
+    paper = 190 + 40 * np.linspace(0, 1, 400)[None, :] + rng.normal(0, 5, (300, 400))
+    paper[60:240, 180:200] = 40  # a "1" of pen ink
+    Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).convert("RGB").save(
+        tmp_path / "one.jpg", quality=80)
+    prepared = read_digit(tmp_path / "one.jpg")
+    rows, cols = np.flatnonzero(prepared.any(1)), np.flatnonzero(prepared.any(0))
+    assert rows[-1] - rows[0] + 1 == BOX and cols[-1] - cols[0] + 1 <= 4
+    assert prepared.max() > 200 and prepared[0].max() == 0 and prepared[:, 0].max() == 0
+
+
+@pytest.mark.parametrize("stroke, expected_ink", [(255, True), (0, True)])
+def test_strokes_on_a_transparent_background_are_the_digit(tmp_path, stroke, expected_ink):
+    """Drawing apps export strokes on transparency, white or black: both are ink."""
+    rgba = np.zeros((100, 60, 4), dtype=np.uint8)
+    rgba[10:90, 25:35] = (stroke, stroke, stroke, 255)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "drawn.png")
+    prepared = read_digit(tmp_path / "drawn.png")
+    assert prepared.max() == 255 and prepared.sum() > 0
+    assert np.flatnonzero(prepared.any(1)).size == BOX
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    """A bar wide in the stored pixels, EXIF saying 'rotate 90°': upright it is tall."""
+    pixels = np.full((60, 200), 255, dtype=np.uint8)
+    pixels[25:35, 20:180] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif)
+    prepared = read_digit(tmp_path / "phone.jpg")
+    assert np.flatnonzero(prepared.any(1)).size == BOX  # tall: 20 rows
+    assert np.flatnonzero(prepared.any(0)).size < 5
+
+
+def test_unreadable_and_blank_images_are_named(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    Image.new("L", (50, 50), 200).save(tmp_path / "blank.png")
+    png = tmp_path / "whole.png"
+    Image.fromarray(np.eye(64, dtype=np.uint8) * 255).save(png)
+    (tmp_path / "cut.png").write_bytes(png.read_bytes()[:60])
+    expected = {"notes.png": "not an image Pillow can read", "empty.jpg": "not an image",
+                "blank.png": "no digit found", "cut.png": "cannot read the image",
+                "missing.png": "no such file", ".": "is a folder"}
+    for name, message in expected.items():
+        with pytest.raises(UserError, match=message) as caught:
+            read_digit(tmp_path / name)
+        assert str(tmp_path / name) in str(caught.value)
+
+
+# --- the command, with the models the pipeline trained -------------------------------------
+
+def write_variants(folder, images) -> list[tuple[str, int]]:
+    """Every image in every variant, as PNG (JPEG for the upscaled one), with its index."""
+    folder.mkdir()
+    written = []
+    for i, pixels in enumerate(images):
+        for kind in VARIANTS:
+            path = folder / f"{i:03d}-{kind}.{'jpg' if kind == 'upscaled' else 'png'}"
+            variant(pixels, kind).save(path, **({"quality": 95} if kind == "upscaled" else {}))
+            written.append((str(path), i))
+    return written
+
+
+def run_predict(folder, *args, check=True):
+    """The command run in `folder` (its models/ is the default), with this checkout's code."""
+    return run(folder, sys.executable, "-m", "stages.predict", *args, check=check,
+               PYTHONPATH=str(ROOT))
+
+
+def tensor_predictions(project, name, images) -> list[int]:
+    """What a model predicts for MNIST images given as tensors, as the report computes it."""
+    model, checkpoint = load_checkpoint(project / f"models/{name}.pt")
+    x = torch.from_numpy(images).view(len(images), -1).float() / 255
+    return [checkpoint["target_digits"][t] for t in predict(batched_logits(model, x)).tolist()]
+
+
+def agreement(result: dict, written, expected: dict[str, list[int]], kind: str) -> dict:
+    by_file = {row["file"]: row["predictions"] for row in result["images"]}
+    return {name: np.mean([by_file[path][name]["digit"] == expected[name][i]
+                           for path, i in written if Path(path).stem.endswith(kind)])
+            for name in expected}
+
+
+def test_predict_agrees_with_the_models_on_mnist_images_as_files(book_project, mnist_test,
+                                                                 tmp_path):
+    project, _ = book_project
+    images, labels = mnist_test
+    images = images[np.isin(labels, (3, 7))][:60]
+    written = write_variants(tmp_path / "digits", images)
+    result = json.loads(run_predict(project, *[p for p, _ in written], "--json").stdout)
+
+    assert list(result["models"]) == list(MODELS)
+    assert all(m["digits"] == [3, 7] for m in result["models"].values())
+    expected = {name: tensor_predictions(project, name, images) for name in MODELS}
+    for kind in ("plain", "inverted"):  # exactly the MNIST pixels: exactly the same answers
+        assert agreement(result, written, expected, kind) == {name: 1.0 for name in MODELS}
+    for kind in ("upscaled", "padded"):  # resampled: the models' own error rate allows ~2%
+        assert min(agreement(result, written, expected, kind).values()) >= 0.95, kind
+    for row in result["images"]:
+        for answer in row["predictions"].values():
+            assert answer["digit"] in (3, 7) and set(answer["probabilities"]) == {"3", "7"}
+            assert answer["probability"] == max(answer["probabilities"].values())
+            assert sum(answer["probabilities"].values()) == pytest.approx(1)
+
+
+def test_a_two_digit_model_says_what_it_can_answer(book_project, mnist_test, tmp_path):
+    project, _ = book_project
+    images, labels = mnist_test
+    five = tmp_path / "five.png"
+    Image.fromarray(images[list(labels).index(5)]).save(five)
+    result = run_predict(project, str(five), "--model", "cnn")
+    assert "cnn: trained on 3 and 7 only, so each answers 3 or 7" in result.stdout
+    table = result.stdout.splitlines()[-2:]
+    assert table[0].split() == ["file", "cnn"]
+    assert table[1].split()[0] == str(five) and table[1].split()[1] in ("3", "7")
+
+
+def test_bad_images_are_named_and_the_good_ones_still_classified(book_project, mnist_test,
+                                                                  tmp_path):
+    project, _ = book_project
+    good = tmp_path / "three.png"
+    Image.fromarray(mnist_test[0][list(mnist_test[1]).index(3)]).save(good)
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
+    bad = [tmp_path / "notes.png", tmp_path / "blank.png", tmp_path / "missing.jpg"]
+    result = run_predict(project, str(good), *map(str, bad), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(str(path) in line for path, line in zip(bad, errors))
+    row = result.stdout.splitlines()[-1].split()  # file, then digit (probability) per model
+    assert row[0] == str(good) and row[1::2] == ["3", "3", "3"]
+
+
+def test_missing_checkpoints_say_to_run_dvc_repro(tmp_path, mnist_test):
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist_test[0][0]).save(image)
+    nothing = run_predict(tmp_path, str(image), check=False)
+    assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+    assert "no trained model in models/" in nothing.stderr and "dvc repro" in nothing.stderr
+    asked = run_predict(tmp_path, str(image), "--model", "cnn", check=False)
+    assert asked.returncode == 2
+    assert "models/cnn.pt not found; run `dvc repro train_cnn` first" in asked.stderr
+    wrong = run_predict(tmp_path, str(image), "--model", "resnet", check=False)
+    assert wrong.returncode == 2 and "--model resnet: expected one of linear" in wrong.stderr
+
+
+def test_only_trained_models_are_used_by_default(book_project, mnist_test, tmp_path):
+    project = copy_project(book_project[0], tmp_path / "copy", commit=False)
+    (project / "models/cnn.pt").unlink()
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist_test[0][0]).save(image)
+    result = run_predict(project, str(image))
+    assert result.stdout.splitlines()[-2].split() == ["file", "linear", "mlp"]
+    assert "cnn: models/cnn.pt not trained yet, skipped" in result.stderr
+
+
+def test_ten_digit_models_answer_every_digit(ten_digit_project, mnist_test, tmp_path):
+    project, _ = ten_digit_project
+    images, labels = mnist_test
+    picked = [list(labels).index(d) for d in range(10)]
+    written = write_variants(tmp_path / "digits", images[picked])
+    result = json.loads(run_predict(project, *[p for p, _ in written], "--json").stdout)
+    expected = {name: tensor_predictions(project, name, images[picked]) for name in MODELS}
+    assert agreement(result, written, expected, "plain") == {name: 1.0 for name in MODELS}
+    assert agreement(result, written, expected, "inverted") == {name: 1.0 for name in MODELS}
+    assert expected["cnn"] == list(range(10))  # the first of each digit in the test set
+    assert all(len(row["predictions"]["cnn"]["probabilities"]) == 10
+               for row in result["images"])
+    table = run_predict(project, written[0][0]).stdout
+    assert "linear, mlp, cnn: trained on all ten digits" in table
+
+
+# --- the models as DVC artifacts -----------------------------------------------------------
+
+def test_models_are_dvc_artifacts_that_dvc_fetches(book_project, mnist_test, tmp_path):
+    import dvc.api
+
+    project = copy_project(book_project[0], tmp_path / "registry")
+    for name in MODELS:  # register a version, as `gto register mnist-NAME` does
+        git(project, "tag", "-a", f"mnist-{name}@v1.0.0", "-m", f"{name} on 3/7")
+    head = git(project, "rev-parse", "HEAD").strip()
+    for name in MODELS:
+        shown = dvc.api.artifacts_show(f"mnist-{name}", repo=str(project))
+        assert shown == {"rev": head, "path": f"models/{name}.pt"}
+
+    user = tmp_path / "user"
+    user.mkdir()
+    run(user, "dvc", "artifacts", "get", str(project), "mnist-cnn", "-o", "cnn.pt")
+    assert (user / "cnn.pt").read_bytes() == (project / "models/cnn.pt").read_bytes()
+    image = user / "seven.png"
+    Image.fromarray(mnist_test[0][0]).save(image)  # the test set's first image is a 7
+    result = run_predict(user, str(image), "--model", "cnn.pt")
+    assert result.stdout.splitlines()[-1].split()[:2] == [str(image), "7"]
