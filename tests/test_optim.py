@@ -188,6 +188,41 @@ def test_cnn_is_resnet18_taking_one_grey_channel():
     assert model.eval()(torch.rand(3, 784)).shape == (3, 10)
 
 
+@pytest.mark.parametrize("size, stride, in_ch, skips", [
+    (1, 1, 8, True),    # resnet18's layer4 on 28×28 MNIST: 8 of 9 taps see padding
+    (2, 2, 8, True),    # layer4's first conv: 2×2 in, one pixel out, 4 taps used
+    (2, 1, 8, False),   # more than one output pixel: the ordinary conv
+    (7, 2, 8, False),
+])
+def test_padding_skipping_conv_is_the_same_conv(size, stride, in_ch, skips):
+    """Same outputs and gradients as nn.Conv2d, the skipped taps' gradients zero."""
+    from stages.lib.models import PaddingSkippingConv2d
+
+    torch.manual_seed(0)
+    plain = nn.Conv2d(in_ch, 16, 3, stride=stride, padding=1, bias=True)
+    fast = PaddingSkippingConv2d(in_ch, 16, 3, stride=stride, padding=1, bias=True)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(5, in_ch, size, size)
+    outputs = [conv(x) for conv in (plain, fast)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for out in outputs:
+        (out ** 2).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-5)
+    if skips:
+        assert outputs[0].shape[-2:] == (1, 1) and fast.weight.grad[:, :, 0].abs().sum() == 0
+    else:
+        assert torch.equal(outputs[1], outputs[0])  # not skipping: nn.Conv2d's own result
+
+
+def test_cnn_convs_skip_padding_with_torchvisions_weights():
+    model = build_model({"kind": "cnn", "n_outputs": 2})
+    from torchvision.models import resnet18
+
+    assert model[1].state_dict().keys() == resnet18(num_classes=2).state_dict().keys()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 20 and all(type(m).__name__ == "PaddingSkippingConv2d" for m in convs)
+
+
 def test_cnn_batchnorm_uses_batch_stats_in_training_and_running_stats_after():
     learner = cnn_learner()
     bn = learner.model[1].bn1

