@@ -15,10 +15,11 @@ from pathlib import Path
 from stages.lib import figures
 from stages.lib.errors import UserError, run_stage
 from stages.lib.lr_find import END_LR, NUM_IT, START_LR, lr_find
+from stages.lib.models import TRAINED
 from stages.lib.params import load_params
 from stages.lib.training import prepare
 
-TRAINING_STAGES = ("train_linear", "train_mlp", "train_cnn")
+TRAINING_STAGES = tuple(f"train_{name}" for name in TRAINED)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -20,7 +20,8 @@ import numpy as np
 from stages.lib.digit_image import read_digit
 from stages.lib.errors import EXIT_USER_ERROR, UserError, run_stage
 from stages.lib.files import atomic_open
-from stages.lib.predict import TRAINED, answer_range, classify, load_classifiers, results_table
+from stages.lib.models import TRAINED
+from stages.lib.predict import answer_range, classify, load_classifiers, results_table
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

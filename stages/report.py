@@ -8,6 +8,7 @@ from stages.lib import figures
 from stages.lib.dataset import load_split, targets_in_digit_order
 from stages.lib.errors import run_stage
 from stages.lib.files import atomic_dir, read_json, write_text
+from stages.lib.models import TRAINED
 from stages.lib.params import load_params
 from stages.lib.report import (baseline_results, confusion_by_digit, render_markdown,
                                trained_result, worst_mistakes)
@@ -15,7 +16,6 @@ from stages.lib.similarity import load_means
 from stages.lib.training import read_history
 
 REPORT_DIR = "report"
-TRAINED = ("linear", "mlp", "cnn")
 FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_images.png",
            "confusion": "figures/confusion_matrices.png",
            "weights": "figures/linear_weights.png", "mistakes": "figures/worst_mistakes.png",

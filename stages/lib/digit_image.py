@@ -88,7 +88,7 @@ def mnist_format(grey: np.ndarray) -> np.ndarray | None:
     kept: MNIST's own images, or an MNIST image saved dark on light."""
     if grey.shape != (SIZE, SIZE) or grey.max() == grey.min():
         return None
-    background = np.median(border_pixels(grey))
+    background = np.median(grey[border_mask(grey.shape)])
     if background == 0:
         return np.rint(grey).astype(np.uint8)
     if background == 255:
@@ -96,8 +96,11 @@ def mnist_format(grey: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def border_pixels(grey: np.ndarray) -> np.ndarray:
-    return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+def border_mask(shape: tuple[int, int]) -> np.ndarray:
+    """True on the outermost rows and columns of an image of this shape."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[[0, -1]], mask[:, [0, -1]] = True, True
+    return mask
 
 
 def paper(grey: np.ndarray) -> tuple[np.ndarray, float]:
@@ -107,10 +110,8 @@ def paper(grey: np.ndarray) -> tuple[np.ndarray, float]:
     one side is background, not ink; border pixels far off the first fit (a stroke running
     off the edge) are left out of the second.
     """
-    height, width = grey.shape
     rows, cols = np.indices(grey.shape)
-    on_border = np.zeros(grey.shape, dtype=bool)
-    on_border[[0, -1]], on_border[:, [0, -1]] = True, True
+    on_border = border_mask(grey.shape)
     design = np.stack([np.ones(on_border.sum()), rows[on_border], cols[on_border]], axis=1)
     values = grey[on_border]
     coef = np.linalg.lstsq(design, values, rcond=None)[0]

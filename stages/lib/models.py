@@ -13,6 +13,7 @@ from .torchio import load_pt, save_pt
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"}
+TRAINED = ("linear", "mlp", "cnn")  # the models the pipeline trains, stage train_<name> each
 
 
 def n_outputs(kind: str, digits: list[int]) -> int:

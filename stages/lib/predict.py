@@ -12,9 +12,7 @@ from torch import nn
 from .dataset import to_float
 from .errors import UserError
 from .learner import batched_logits, predict, probabilities
-from .models import load_checkpoint
-
-TRAINED = ("linear", "mlp", "cnn")
+from .models import TRAINED, load_checkpoint
 
 
 @dataclass
@@ -53,7 +51,7 @@ def load_classifiers(refs: list[str] | None) -> tuple[list[Classifier], list[str
     is missing is an error)."""
     if refs:
         return [load_classifier(ref) for ref in dict.fromkeys(refs)], []
-    present = [name for name in TRAINED if (Path("models") / f"{name}.pt").exists()]
+    present = [name for name in TRAINED if checkpoint_path(name)[1].exists()]
     if not present:
         raise UserError("no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run "
                         "`dvc repro` first")
