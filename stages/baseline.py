@@ -10,12 +10,13 @@ from stages.lib.files import read_json, write_json
 from stages.lib.metrics import classification_metrics
 from stages.lib.params import load_params
 from stages.lib.similarity import DISTANCES, class_means, predict_nearest, save_means
+from stages.lib.threads import use_threads
 
 TENSOR_DIR = "data/tensors"
 
 
 def main() -> None:
-    load_params()  # fail on a bad params.yaml here too, before any work
+    threads = use_threads(load_params().base.threads)
     meta = read_json(f"{TENSOR_DIR}/meta.json", "the tensorise metadata")
     digits = meta["digits"]
     train, valid = load_split(f"{TENSOR_DIR}/train.pt"), load_split(f"{TENSOR_DIR}/valid.pt")
@@ -24,7 +25,8 @@ def main() -> None:
     metrics = {kind: classification_metrics(predict_nearest(valid.images, means, kind),
                                             valid.targets, digits)
                for kind in DISTANCES}
-    metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"])
+    metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"],
+                   split=meta["split"], threads=threads.count)
 
     save_means("models/baseline.pt", means, digits, meta["target_digits"])
     write_json("metrics/baseline.json", metrics)
@@ -32,6 +34,7 @@ def main() -> None:
         print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "
               f"{metrics[kind]['balanced_accuracy']}, per class {metrics[kind]['per_class']}",
               file=sys.stderr)
+    print(f"baseline: {threads}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from stages.lib.params import load_params
 from stages.lib.report import (baseline_results, confusion_by_digit, render_markdown,
                                trained_result, worst_mistakes)
 from stages.lib.similarity import load_means
+from stages.lib.threads import use_threads
 from stages.lib.training import read_history
 
 REPORT_DIR = "report"
@@ -24,6 +25,7 @@ FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_image
 
 def main() -> None:
     params = load_params()
+    use_threads(params.base.threads)
     meta = read_json("data/tensors/meta.json", "the tensorise metadata")
     digits, names = meta["digits"], meta["target_digits"]
     valid = load_split("data/tensors/valid.pt")

@@ -11,6 +11,7 @@ import torch
 
 from stages import tensorise
 from stages.lib.files import atomic_dir, atomic_open, write_json
+from stages.lib.threads import available_cores
 from tests.helpers import (copy_project, make_project, read_json, run, run_stage, set_params,
                            stages_run)
 
@@ -145,8 +146,13 @@ def test_two_queued_experiments_run_in_parallel_correctly(book_copy):
     assert status.count("Success") == 2, status
     parallel = experiment_metrics(book_copy)
     assert set(parallel) == {0.05, 0.5}
-    # The same experiment run alone, in the workspace, gives bit-identical metrics.
-    alone = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5")
+    # Two workers share the 2 cores a thread each (base.threads: auto); the count is recorded.
+    cores = available_cores()
+    assert {m["threads"] for m in parallel.values()} == {max(1, cores // 2)}
+    # The same experiment run alone, in the workspace, with the same thread count (here set
+    # by the standard variable) gives bit-identical metrics.
+    alone = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5",
+                OMP_NUM_THREADS=str(max(1, cores // 2)))
     assert stages_run(alone.stdout)[0] == "train_mlp"
     assert read_json(book_copy / "metrics/mlp.json") == parallel[0.5]
     assert parallel[0.05]["accuracy"] != parallel[0.5]["accuracy"]

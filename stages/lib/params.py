@@ -45,6 +45,7 @@ class _Section(BaseModel):
 class Base(_Section):
     seed: Annotated[StrictInt, Field(ge=0, lt=2**63)]
     device: Literal["cpu", "cuda", "auto"]
+    threads: Literal["auto"] | PositiveInt
 
 
 class Data(_Section):

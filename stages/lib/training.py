@@ -18,6 +18,7 @@ from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
 from .optim import SGD, Adam
 from .params import Params, TrainCNN, TrainLinear, TrainMLP
+from .threads import Threads, use_threads
 
 TrainingParams = TrainLinear | TrainMLP | TrainCNN
 
@@ -69,6 +70,7 @@ class Prepared:
     config: dict           # what rebuilds the model (saved in the checkpoint)
     learner: Learner
     device: torch.device
+    threads: Threads
 
 
 def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepared:
@@ -76,6 +78,7 @@ def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepa
     stage = f"train_{name}"
     cfg = getattr(params, stage)
     device = resolve_device(params.base.device)
+    threads = use_threads(params.base.threads)
     meta = read_json(TENSOR_DIR / "meta.json", "the tensorise metadata")
     digits = meta["digits"]
     train, valid = load_split(TENSOR_DIR / "train.pt"), load_split(TENSOR_DIR / "valid.pt")
@@ -93,7 +96,7 @@ def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepa
                       loss_fn=loss_function(loss_name(name, cfg, len(digits))),
                       opt=make_optimizer(name, cfg, model), batch_size=cfg.batch_size,
                       generator=generator, drop_last=name == "cnn", log=log)
-    return Prepared(stage, cfg, meta, config, learner, device)
+    return Prepared(stage, cfg, meta, config, learner, device, threads)
 
 
 def history_tsv(history: list[dict]) -> str:
@@ -108,6 +111,7 @@ def training_settings(prepared: Prepared, params: Params) -> dict:
     """What the checkpoint records of how the model was trained (and the book lookup reads)."""
     name, cfg, learner = prepared.config["kind"], prepared.cfg, prepared.learner
     settings = {**cfg.model_dump(exclude={"hidden"}), "seed": params.base.seed,
+                "threads": prepared.threads.count,
                 "loss": loss_name(name, cfg, len(prepared.meta["digits"]))}
     if name == "cnn":
         # The schedule as followed, one value per step, for the report to draw.
@@ -138,7 +142,8 @@ def train_stage(name: str, params: Params) -> None:
                "train_loss": round(last["train_loss"], DECIMALS),
                "valid_loss": round(last["valid_loss"], DECIMALS),
                "epochs": cfg.epochs, "n_train": len(learner.train_y),
-               "n_valid": len(learner.valid_y), "source": meta["source"]}
+               "n_valid": len(learner.valid_y), "source": meta["source"],
+               "split": meta["split"], "threads": prepared.threads.count}
 
     save_checkpoint(f"models/{name}.pt", learner.model, prepared.config,
                     training_settings(prepared, params), meta["digits"], meta["target_digits"])
@@ -146,7 +151,8 @@ def train_stage(name: str, params: Params) -> None:
     write_json(f"metrics/{name}.json", metrics)
     print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
           f"per class {metrics['per_class']} ({seconds:.1f} s on {prepared.device}, "
-          f"{seconds / cfg.epochs:.2f} s/epoch)", file=sys.stderr)
+          f"{seconds / cfg.epochs:.2f} s/epoch, {prepared.threads})",
+          file=sys.stderr)
 
 
 def read_history(path: str | Path) -> list[dict]:
