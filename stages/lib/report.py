@@ -66,6 +66,10 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
+
+
 def _book_cell(figure: dict | None) -> str:
     if figure is None:
         return "—"

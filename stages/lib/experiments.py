@@ -1,0 +1,64 @@
+"""DVC's experiment queue, driven from Python: queue runs with params set, run the queue with
+N workers, read back each experiment's params and metrics, remove experiments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    params: dict   # params.yaml as the experiment ran it
+    metrics: dict  # metrics file path -> its contents
+
+
+def dvc(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
+    """Run a dvc command in the current project; a failure is a UserError with its output."""
+    # The dvc beside this python: the project's venv, whatever PATH says.
+    beside = Path(sys.executable).parent / "dvc"
+    command = [str(beside) if beside.exists() else "dvc", *args]
+    result = subprocess.run(command, capture_output=capture, text=True)
+    if result.returncode != 0:
+        output = f":\n{result.stdout}{result.stderr}".rstrip() if capture else ""
+        raise UserError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}){output}")
+    return result
+
+
+def queue(name: str, settings: dict[str, object]) -> None:
+    """`dvc exp run --queue -n NAME -S key=value ...`"""
+    options = [arg for key, value in settings.items() for arg in ("-S", f"{key}={value}")]
+    dvc("exp", "run", "--queue", "-n", name, *options)
+
+
+def run_queue(jobs: int) -> None:
+    """Run everything queued with `jobs` workers at once; DVC's log of each run streams to
+    the terminal. Blocks until the queue is empty."""
+    dvc("exp", "run", "--run-all", "-j", str(jobs), capture=False)
+
+
+def experiments() -> list[Experiment]:
+    """Every experiment of the current commit, from `dvc exp show --json`."""
+    shown = json.loads(dvc("exp", "show", "--json").stdout)
+    found = []
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            rev = exp["revs"][0]
+            data = rev.get("data") or {}
+            found.append(Experiment(
+                name=exp.get("name") or rev.get("name") or rev["rev"][:7],
+                params=(data.get("params") or {}).get("params.yaml", {}).get("data", {}),
+                metrics={path: entry.get("data", {})
+                         for path, entry in (data.get("metrics") or {}).items()}))
+    return found
+
+
+def remove(names: list[str]) -> None:
+    if names:
+        dvc("exp", "remove", *names)

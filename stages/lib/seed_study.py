@@ -1,0 +1,82 @@
+"""The seed study: the same pipeline run over several seeds, each model's accuracy summarised
+(mean, sd, min, max) beside the book's figure. The book sets no seed, so this is what says
+whether its figure is one our runs reach."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .book import book_figure
+from .experiments import Experiment
+from .models import TRAINED
+from .report import markdown_table
+
+# The baseline's book figure is the mean of its per-class accuracies (balanced accuracy).
+MODELS = {"baseline_l1": ("metrics/baseline.json", "balanced_accuracy"),
+          **{name: (f"metrics/{name}.json", "accuracy") for name in TRAINED}}
+SUMMARY_COLUMNS = ["model", "metric", "seeds", "mean", "sd", "min", "max", "book",
+                   "book within seeds' range"]
+
+
+def _data_of(metrics: dict) -> dict:
+    """What book_figure needs to know about the data a model was measured on."""
+    return {"source": metrics["source"], "split": metrics["split"],
+            "digits": [int(d) for d in metrics["per_class"]]}
+
+
+def seed_rows(exp: Experiment) -> list[dict]:
+    """One row per model of one experiment: its seed, metric, value and the book's figure."""
+    rows = []
+    for model, (path, metric) in MODELS.items():
+        metrics = exp.metrics.get(path)
+        if not metrics:
+            raise ValueError(f"experiment {exp.name} has no {path}")
+        if model == "baseline_l1":
+            metrics, settings = {**metrics["l1"], **metrics}, {}
+        else:
+            settings = exp.params[f"train_{model}"]
+        figure = book_figure(model, settings, _data_of(metrics))
+        rows.append({"experiment": exp.name, "seed": exp.params["base"]["seed"],
+                     "model": model, "metric": metric, "value": metrics[metric],
+                     "threads": metrics.get("threads"),
+                     "book": figure[metric] if figure else math.nan})
+    return rows
+
+
+def study_frame(exps: list[Experiment]) -> pd.DataFrame:
+    runs = pd.DataFrame([row for exp in exps for row in seed_rows(exp)])
+    return runs.sort_values("seed", kind="stable", ignore_index=True)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model: how many seeds, mean, sd (n-1), min, max, and where the book's figure lies."""
+    summary = runs.groupby("model", sort=False).agg(
+        metric=("metric", "first"), seeds=("value", "size"), mean=("value", "mean"),
+        sd=("value", "std"), min=("value", "min"), max=("value", "max"),
+        book=("book", "first")).reset_index()
+    within = (summary["min"] <= summary["book"]) & (summary["book"] <= summary["max"])
+    summary["book within seeds' range"] = within.map({True: "yes", False: "no"}).where(
+        summary["book"].notna(), "—")
+    return summary[SUMMARY_COLUMNS]
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return "—" if math.isnan(value) else f"{value:.4f}"
+        return value
+    return markdown_table(SUMMARY_COLUMNS, [[cell(v) for v in row]
+                                            for row in summary.itertuples(index=False)])
+
+
+def runs_markdown(runs: pd.DataFrame) -> str:
+    """Every seed's value per model, one row per seed, with the thread counts its stages ran
+    with (results are bit-identical only for the same count)."""
+    wide = runs.pivot_table(index="seed", columns="model", values="value", sort=False)
+    wide = wide[[m for m in MODELS if m in wide.columns]]
+    threads = runs.groupby("seed")["threads"].agg(lambda t: ", ".join(map(str, sorted(set(t)))))
+    return markdown_table(["seed", *wide.columns, "threads"],
+                          [[seed, *(f"{v:.4f}" for v in row), threads[seed]] for seed, row in
+                           zip(wide.index, wide.itertuples(index=False))])

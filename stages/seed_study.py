@@ -1,0 +1,94 @@
+"""`python -m stages.seed_study`: the pipeline over several seeds through DVC's queue.
+
+Queues one experiment per seed (`dvc exp run --queue -n seed-N -S base.seed=N`), runs the
+queue with -j workers (`dvc exp run --run-all -j J`), then summarises each model's accuracy
+over the seeds (mean, sd, min, max) beside the book's figure, in seed_study/. The
+experiments stay, for `dvc exp show`; remove them with `dvc exp remove` (printed at the end).
+With --summarise it only summarises seed-N experiments already here (run elsewhere and
+fetched with `dvc exp pull`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from stages.lib import experiments
+from stages.lib.errors import UserError, run_stage
+from stages.lib.files import write_text
+from stages.lib.params import load_params
+from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
+
+OUT_DIR = Path("seed_study")
+DEFAULT_SEEDS = [0, 1, 2, 3, 4]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.seed_study",
+                                     description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, metavar="N",
+                        help=f"the seeds to run (default {' '.join(map(str, DEFAULT_SEEDS))})")
+    parser.add_argument("-j", "--jobs", type=int, default=2,
+                        help="experiments run at once by DVC's queue (default 2)")
+    parser.add_argument("--summarise", action="store_true",
+                        help="run nothing: summarise the seed-N experiments already here")
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds needs two or more distinct seeds")
+    if min(args.seeds) < 0 or args.jobs < 1:
+        parser.error("seeds must be >= 0 and --jobs >= 1")
+    return args
+
+
+def check_names_free(names: list[str]) -> None:
+    taken = sorted(set(names) & {exp.name for exp in experiments.experiments()})
+    if taken:
+        raise UserError(f"experiments {', '.join(taken)} exist from an earlier study; remove "
+                        f"them first: dvc exp remove {' '.join(taken)}")
+
+
+def run_study(names: dict[int, str], jobs: int) -> float:
+    """Queue one experiment per seed and run the queue; returns the minutes it took."""
+    check_names_free(list(names.values()))
+    start = time.perf_counter()
+    for seed, name in names.items():
+        experiments.queue(name, {"base.seed": seed})
+    print(f"seed_study: queued {len(names)} experiments ({', '.join(names.values())}); "
+          f"running them {jobs} at a time", file=sys.stderr)
+    experiments.run_queue(jobs)
+    return (time.perf_counter() - start) / 60
+
+
+def write_summary(names: dict[int, str], heading: str) -> str:
+    ran = [exp for exp in experiments.experiments() if exp.name in names.values()]
+    missing = sorted(set(names.values()) - {exp.name for exp in ran})
+    if missing:
+        raise UserError(f"no experiment {', '.join(missing)} here; see "
+                        f"`dvc queue status` and `dvc queue logs NAME`, or fetch them with "
+                        f"`dvc exp pull REMOTE {' '.join(missing)}`")
+    runs = study_frame(ran)
+    table = summary_markdown(summarise(runs))
+    write_text(OUT_DIR / "summary.md",
+               f"# {heading}\n\n{table}\n\n## Each seed\n\n{runs_markdown(runs)}\n")
+    write_text(OUT_DIR / "runs.tsv", runs.to_csv(sep="\t", index=False))
+    return table
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    load_params()  # a bad params.yaml fails here, not once per queued experiment
+    names = {seed: f"seed-{seed}" for seed in args.seeds}
+    if args.summarise:
+        heading = f"Seed study: {len(names)} seeds"
+    else:
+        minutes = run_study(names, args.jobs)
+        heading = f"Seed study: {len(names)} seeds, {minutes:.1f} min with -j {args.jobs}"
+    table = write_summary(names, heading)
+    print(f"\n{heading}\n\n{table}\n\nwritten: {OUT_DIR}/summary.md, {OUT_DIR}/runs.tsv\n"
+          f"remove the study's experiments: dvc exp remove {' '.join(names.values())}")
+
+
+if __name__ == "__main__":
+    run_stage("seed_study", lambda: main(sys.argv[1:]))

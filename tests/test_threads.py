@@ -1,0 +1,104 @@
+"""The thread policy (stages/lib/threads.py) and the seed study's summary."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stages.lib.errors import UserError
+from stages.lib.experiments import Experiment
+from stages.lib.params import validate_params
+from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
+from stages.lib.threads import _worker_node, choose_threads, queue_workers
+from tests.helpers import ROOT
+
+import yaml
+
+
+@pytest.mark.parametrize("workers, cores, expected", [
+    (0, 2, 2), (1, 2, 2), (2, 2, 1), (3, 2, 1), (2, 8, 4), (3, 8, 2)])
+def test_auto_shares_the_cores_among_queue_workers(workers, cores, expected):
+    threads = choose_threads("auto", environ={}, cores=cores, workers=workers)
+    assert threads.count == expected
+    assert ("queue workers" in threads.why) == (workers > 1)
+
+
+def test_base_threads_wins_over_the_environment_and_the_queue():
+    threads = choose_threads(3, environ={"OMP_NUM_THREADS": "1"}, cores=2, workers=2)
+    assert (threads.count, threads.why) == (3, "base.threads")
+    assert str(threads) == "3 threads (base.threads)"
+
+
+def test_omp_num_threads_sets_auto():
+    threads = choose_threads("auto", environ={"OMP_NUM_THREADS": " 1 "}, cores=8, workers=0)
+    assert (threads.count, threads.why) == (1, "OMP_NUM_THREADS")
+    assert str(threads) == "1 thread (OMP_NUM_THREADS)"
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_omp_num_threads_is_named(value):
+    with pytest.raises(UserError, match=f"OMP_NUM_THREADS={value!r} is not a positive"):
+        choose_threads("auto", environ={"OMP_NUM_THREADS": value}, cores=2, workers=0)
+
+
+def test_queue_workers_are_found_by_their_command_line():
+    assert _worker_node(["/venv/bin/python", "/venv/bin/dvc", "exp", "queue-worker",
+                         "dvc-exp-cbe19c-2@localhost"]) == "dvc-exp-cbe19c-2@localhost"
+    assert _worker_node(["python", "-m", "stages.train_mlp"]) is None
+    assert queue_workers() == 0  # pytest was not started by a queue worker
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), (1, True), (16, True), (0, False),
+                                       ("all", False), (1.5, False), (True, False)])
+def test_base_threads_is_validated(value, ok):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["base"]["threads"] = value
+    if ok:
+        assert validate_params(raw).base.threads == value
+    else:
+        with pytest.raises(UserError, match="base.threads"):
+            validate_params(raw)
+
+
+# --- the seed study's summary ------------------------------------------------------------------
+
+def experiment(seed: int, accuracies: dict[str, float], digits=("3", "7")) -> Experiment:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"]["seed"] = seed
+    data = {"source": "mnist", "split": "official", "threads": 1,
+            "per_class": {d: 0.9 for d in digits}}
+    metrics = {f"metrics/{name}.json": {**data, "accuracy": value}
+               for name, value in accuracies.items() if name != "baseline"}
+    metrics["metrics/baseline.json"] = {**data, "l1": {
+        "accuracy": 0.9514, "balanced_accuracy": accuracies["baseline"],
+        "per_class": {d: 0.9 for d in digits}}}
+    return Experiment(name=f"seed-{seed}", params=params, metrics=metrics)
+
+
+def test_summary_gives_mean_sd_range_and_the_book_per_model():
+    exps = [experiment(0, {"baseline": 0.9511, "linear": 0.97, "mlp": 0.985, "cnn": 0.996}),
+            experiment(1, {"baseline": 0.9511, "linear": 0.96, "mlp": 0.99, "cnn": 0.998}),
+            experiment(2, {"baseline": 0.9511, "linear": 0.98, "mlp": 0.985, "cnn": 0.997})]
+    summary = summarise(study_frame(exps)).set_index("model")
+    assert list(summary.index) == ["baseline_l1", "linear", "mlp", "cnn"]
+    linear = summary.loc["linear"]
+    assert (linear["seeds"], linear["min"], linear["max"]) == (3, 0.96, 0.98)
+    assert linear["mean"] == pytest.approx(0.97) and linear["sd"] == pytest.approx(0.01)
+    assert linear["book"] == 0.9696 and linear["book within seeds' range"] == "yes"
+    assert summary.loc["mlp", "book within seeds' range"] == "no"  # 0.9828 < 0.985, the min
+    assert summary.loc["baseline_l1", "metric"] == "balanced_accuracy"
+    assert summary.loc["baseline_l1", "sd"] == 0.0
+    assert summary.loc["cnn", "book"] == 0.997
+    text = summary_markdown(summarise(study_frame(exps)))
+    assert "| linear | accuracy | 3 | 0.9700 | 0.0100 | 0.9600 | 0.9800 | 0.9696 | yes |" in text
+    assert runs_markdown(study_frame(exps)).splitlines()[0] == (
+        "| seed | baseline_l1 | linear | mlp | cnn | threads |")
+
+
+def test_summary_has_no_book_figure_for_other_digits():
+    exps = [experiment(s, {"baseline": 0.99, "linear": 0.97, "mlp": 0.98, "cnn": 0.99},
+                       digits=("4", "8")) for s in (0, 1)]
+    summary = summarise(study_frame(exps))
+    assert summary["book"].map(math.isnan).all()
+    assert set(summary["book within seeds' range"]) == {"—"}
