@@ -36,7 +36,7 @@ from stages.lib.learner import Learner, mnist_loss, predict
 from stages.lib.optim import SGD
 from stages.lib.models import book_init_, build_model
 from stages.lib.training import as_inputs
-from tests.helpers import ROOT, SHARED_MNIST, make_project, serve_folder, set_params
+from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder, set_params
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
 STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "train_cnn",
@@ -48,6 +48,7 @@ BOOK = {"data.source": "mnist", "data.split": "official"}
 TEN_DIGITS = {**BOOK, "data.digits": list(range(10)), "train_linear.init": "torch",
               "train_linear.lr": 0.5, "train_linear.shuffle": True, "train_mlp.hidden": [128],
               "train_mlp.lr": 0.5, "train_mlp.epochs": 20, "train_mlp.shuffle": True}
+THREAD_POLICY = "each stage takes the cores shared evenly among the DVC queue's workers"
 # Runs a command and prints the peak RSS of its process tree (the largest process in it).
 _PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
@@ -139,11 +140,15 @@ def timed(project: Path, *command: str, env: dict) -> tuple[float, int]:
     return seconds, int(result.stdout.strip().splitlines()[-1]) // 1024
 
 
+def bench_env(mirror: str) -> dict:
+    return dict(os.environ, MNIST_MIRRORS=mirror, MNIST_OFFLINE="1", DVC_NO_ANALYTICS="1",
+                DVC_STUDIO_OFFLINE="1", MPLBACKEND="Agg",
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
 def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
     """Cold repro (to train_mlp, then the report), no-op repro, and each stage alone."""
-    env = dict(os.environ, MNIST_MIRRORS=mirror, MNIST_OFFLINE="1", DVC_NO_ANALYTICS="1",
-               DVC_STUDIO_OFFLINE="1", MPLBACKEND="Agg",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = bench_env(mirror)
     dvc = str(Path(sys.executable).parent / "dvc")
 
     whole = make_project(workdir / "whole", params)
@@ -164,6 +169,42 @@ def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
             "accuracy": {"baseline_l1": metrics["baseline"]["l1"]["accuracy"],
                          "linear": metrics["linear"]["accuracy"],
                          "mlp": metrics["mlp"]["accuracy"], "cnn": metrics["cnn"]["accuracy"]}}
+
+
+# --- a sweep through DVC's queue ---------------------------------------------------------------
+
+# Four train_mlp.lr values per sweep; each sweep gets its own, so DVC's run cache serves none.
+SWEEP_LRS = {1: (0.05, 0.08, 0.12, 0.2), 2: (0.06, 0.09, 0.13, 0.25)}
+
+
+def sweep(project: Path, jobs: int, env: dict) -> dict:
+    """Queue four experiments (train_mlp.lr varied) and time `dvc exp run --run-all -j jobs`."""
+    from stages.lib.experiments import experiments
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for lr in SWEEP_LRS[jobs]:
+        subprocess.run([dvc, "exp", "run", "--queue", "-S", f"train_mlp.lr={lr}"], cwd=project,
+                       env=env, check=True, capture_output=True)
+    seconds, _ = timed(project, dvc, "exp", "run", "--run-all", "-j", str(jobs), env=env)
+    with contextlib.chdir(project):
+        ran = [exp for exp in experiments()
+               if exp.params["train_mlp"]["lr"] in SWEEP_LRS[jobs]]
+    if len(ran) != len(SWEEP_LRS[jobs]):
+        raise RuntimeError(f"the -j {jobs} sweep finished {len(ran)} of "
+                           f"{len(SWEEP_LRS[jobs])} experiments")
+    return {"jobs": jobs, "experiments": len(ran), "seconds": seconds,
+            "per_minute": len(ran) / seconds * 60,
+            "threads_per_stage": sorted({exp.metrics["metrics/mlp.json"]["threads"]
+                                         for exp in ran})}
+
+
+def sweeps(project: Path, env: dict) -> list[dict]:
+    """-j 1 first: a -j 2 sweep's workers idle on for a minute and would join a later one."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    try:
+        return [sweep(project, jobs, env) for jobs in (1, 2)]
+    finally:
+        subprocess.run([dvc, "queue", "stop"], cwd=project, env=env, capture_output=True)
 
 
 # --- the CNN against the book's fastai code ----------------------------------------------------
@@ -255,6 +296,15 @@ def print_report(results: dict) -> None:
                       f"{row['accuracy']:>10.4f}{row['wrong']:>7}")
         if book:
             print(f"speed-up: {book['seconds'] / ours['seconds']:.2f}x")
+    if "sweeps" in results:
+        print("\nA sweep of 4 experiments (train_mlp.lr varied) by `dvc exp run --run-all -j N`; "
+              f"thread policy: base.threads auto ({THREAD_POLICY})")
+        print(f"{'jobs':>6}{'seconds':>9}{'exp/min':>9}  threads per stage")
+        for row in results["sweeps"]:
+            print(f"{row['jobs']:>6}{row['seconds']:>9.1f}{row['per_minute']:>9.1f}  "
+                  f"{row['threads_per_stage']}")
+        one, two = results["sweeps"]
+        print(f"-j 2 takes {two['seconds'] / one['seconds']:.2f}x the time of -j 1")
     for run in results["pipelines"]:
         print(f"\n`dvc repro`, {run['label']}: cold to train_mlp {run['cold_to_train_mlp_s']:.1f} s, "
               f"whole pipeline {run['cold_total_s']:.1f} s, no-op {run['noop_s']:.2f} s")
@@ -286,6 +336,13 @@ def main() -> None:
         for slug, label, params in runs:
             print(f"bench: cold dvc repro, {label} ...", file=sys.stderr)
             results["pipelines"].append(pipeline(params, mirror, workdir / slug, label))
+
+        print("bench: a 4-experiment sweep through DVC's queue, -j 1 then -j 2 ...",
+              file=sys.stderr)
+        swept = workdir / "mnist37" / "whole"
+        git(swept, "add", "-A")
+        git(swept, "commit", "-qm", "ran")  # experiments start from the commit
+        results["sweeps"] = sweeps(swept, bench_env(mirror))
 
         print("bench: training loops ...", file=sys.stderr)
         tensors_dir = workdir / "mnist37" / "whole" / "data" / "tensors"
