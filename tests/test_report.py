@@ -118,14 +118,21 @@ def test_push_clear_pull_gives_identical_outputs(book_project, tmp_path):
     assert "up to date" in run(project, "dvc", "status").stdout.lower()
 
 
-@pytest.mark.parametrize("workflow", [".github/workflows/pipeline.yaml"])
-def test_github_workflow_is_valid(workflow):
+@pytest.mark.parametrize("workflow, steps", [
+    (".github/workflows/pipeline.yaml",
+     ("fetch-depth: 0", "cache: pip", "pip install -r requirements.txt", "dvc repro",
+      "dvc metrics diff", "GITHUB_STEP_SUMMARY", "actions/upload-artifact")),
+    (".github/workflows/seed-sweep.yaml",
+     ("workflow_dispatch", "fromJSON(inputs.seeds)", "fetch-depth: 0",
+      "pip install -r requirements.txt", 'dvc exp run -n "seed-${{ matrix.seed }}" -S '
+      '"base.seed=${{ matrix.seed }}"', "dvc exp push", "dvc exp pull",
+      "python -m stages.seed_study --summarise", "GITHUB_STEP_SUMMARY")),
+])
+def test_github_workflow_is_valid(workflow, steps):
     checker = Path(sys.executable).parent / "check-jsonschema"
     result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows",
                              str(ROOT / workflow)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     text = (ROOT / workflow).read_text()
-    for step in ("fetch-depth: 0", "cache: pip", "pip install -r requirements.txt",
-                 "dvc repro", "dvc metrics diff", "GITHUB_STEP_SUMMARY",
-                 "actions/upload-artifact"):
+    for step in steps:
         assert step in text
