@@ -3,14 +3,22 @@ temp copies of the project where the real pipeline runs."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
+import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS, copy_project, run,
-                           run_pipeline_project, serve_folder, set_params)
+from stages.lib.threads import ENV_VAR, available_cores
+from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS_5K, copy_project,
+                           run_pipeline_project, serve_folder)
 
 # Tests never touch the network: DVC stays offline, and the download stage is told to skip
 # the public mirrors (only MNIST_MIRRORS set by a test is tried).
@@ -23,6 +31,80 @@ for var, value in (("GIT_AUTHOR_NAME", "tests"), ("GIT_AUTHOR_EMAIL", "tests@loc
     os.environ.setdefault(var, value)
 # Stages run as `python -m ...` inside dvc: make that the python running the tests.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# pytest-xdist runs the tests in several processes at once: each gets an equal share of the
+# cores, through the variable the stages' thread policy honours, so they don't oversubscribe.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and not os.environ.get(ENV_VAR):
+    os.environ[ENV_VAR] = str(max(1, available_cores() // _WORKERS))
+if os.environ.get(ENV_VAR):
+    torch.set_num_threads(int(os.environ[ENV_VAR]))
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """The session's temp folder that every xdist worker sees (the workers' own are in it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if "PYTEST_XDIST_WORKER" in os.environ else root
+
+
+def shared_run(root: Path, name: str, build: Callable[[Path], subprocess.CompletedProcess]):
+    """An expensive pipeline run made once per test session, shared by every xdist worker:
+    the first to ask builds it under a lock in `root`, the others wait and reuse it.
+    Returns (project, the build's CompletedProcess)."""
+    folder, record = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            result = build(folder / "project")
+            record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                          "stdout": result.stdout, "stderr": result.stderr}))
+        return folder / "project", subprocess.CompletedProcess(**json.loads(record.read_text()))
+
+
+def build_book(project: Path, mirror_url: str) -> subprocess.CompletedProcess:
+    return run_pipeline_project(project, {"data.source": "mnist", "data.split": "official"},
+                                mirrors=mirror_url)
+
+
+def build_ten(project: Path) -> subprocess.CompletedProcess:
+    return run_pipeline_project(project, TEN_DIGITS_5K)
+
+
+def _prebuild(root: Path, name: str) -> None:
+    """Build a shared run in the background; a failure is left for its fixture to report."""
+    try:
+        if name == "ten_digit_project":
+            shared_run(root, "ten", build_ten)
+        elif SHARED_MNIST.is_dir():
+            with serve_folder(SHARED_MNIST) as url:
+                shared_run(root, "book", lambda project: build_book(project, url))
+    except Exception:  # noqa: BLE001 - the fixture rebuilds and fails with the real error
+        pass
+
+
+_PREBUILDS: list[threading.Thread] = []
+SHARED_FIXTURES = ("book_project", "ten_digit_project")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under xdist: the quick tests first, and the shared real-data runs started in the
+    background at once, so no worker sits waiting for a run another is building."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    # The ten-digit run builds faster than the book's: its tests go before the book's.
+    items.sort(key=lambda item: max((rank for rank, f in enumerate(SHARED_FIXTURES[::-1], 1)
+                                     if f in item.fixturenames), default=0))
+    root = shared_root(config._tmp_path_factory)
+    for name in SHARED_FIXTURES:
+        if any(name in item.fixturenames for item in items):
+            thread = threading.Thread(target=_prebuild, args=(root, name), daemon=True)
+            thread.start()
+            _PREBUILDS.append(thread)
+
+
+def pytest_sessionfinish(session):
+    for thread in _PREBUILDS:  # never leave a build running behind a finished worker
+        thread.join()
 
 
 @pytest.fixture(scope="session")
@@ -47,19 +129,24 @@ def mnist_mirror_url(shared_mnist):
 
 @pytest.fixture(scope="session")
 def book_project(tmp_path_factory, mnist_mirror_url):
-    """The whole pipeline run once by `dvc repro` on real MNIST 3/7 with the book's params."""
-    project = tmp_path_factory.mktemp("book") / "project"
-    result = run_pipeline_project(project, {"data.source": "mnist", "data.split": "official"},
-                                  mirrors=mnist_mirror_url)
-    return project, result
+    """The whole pipeline run once by `dvc repro` on real MNIST 3/7 with the book's params.
+    Shared by all tests (and xdist workers): run dvc commands in a copy (book_copy)."""
+    return shared_run(shared_root(tmp_path_factory), "book",
+                      lambda project: build_book(project, mnist_mirror_url))
+
+
+@pytest.fixture
+def book_copy(book_project, tmp_path):
+    return copy_project(book_project[0], tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")
-def ten_digit_project(tmp_path_factory, book_project):
-    """book_project rerun by `dvc repro` on all ten digits with the README's settings."""
-    project = copy_project(book_project[0], tmp_path_factory.mktemp("ten") / "project")
-    set_params(project, TEN_DIGITS)
-    return project, run(project, "dvc", "repro")
+def ten_digit_project(tmp_path_factory):
+    """All ten digits with the README's training settings, offline: data.source auto falls
+    back to mnist-5k (500 images a digit, 4000 to train). The ten-class path and the fallback
+    end to end. The README's run on all of MNIST is checked by `make bench`, whose ten-digit
+    pipeline asserts the README's accuracies."""
+    return shared_run(shared_root(tmp_path_factory), "ten", build_ten)
 
 
 @pytest.fixture

@@ -100,10 +100,9 @@ def test_baseline_reproduces_the_book_on_real_mnist(book_project):
     assert checkpoint["digits"] == [3, 7] and checkpoint["target_digits"] == [7, 3]
 
 
-def test_dvc_metrics_show_reads_the_baseline(book_project):
-    project, _ = book_project
-    shown = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)
+def test_dvc_metrics_show_reads_the_baseline(book_copy):
+    shown = json.loads(run(book_copy, "dvc", "metrics", "show", "--json").stdout)
     baseline = shown[""]["data"]["metrics/baseline.json"]["data"]
     assert baseline["l1"]["per_class"] == {"3": 0.9168, "7": 0.9854}
-    table = run(project, "dvc", "metrics", "show").stdout
+    table = run(book_copy, "dvc", "metrics", "show").stdout
     assert "metrics/baseline.json" in table and "0.9511" in table

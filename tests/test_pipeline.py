@@ -8,7 +8,7 @@ import torch
 
 from stages.lib.sources import CANONICAL_FILES
 
-from tests.helpers import (copy_project, read_json, run, run_pipeline_project, set_params,
+from tests.helpers import (copy_project, read_json, run, set_params,
                            stages_run)
 
 
@@ -34,9 +34,8 @@ def test_tensors_are_exactly_mnist_sample(book_project):
     assert train["targets"][:6131].eq(1).all() and train["targets"][6131:].eq(0).all()
 
 
-def test_second_repro_runs_nothing(book_project):
-    project, _ = book_project
-    result = run(project, "dvc", "repro")
+def test_second_repro_runs_nothing(book_copy):
+    result = run(book_copy, "dvc", "repro")
     assert "Running stage" not in result.stdout
     assert "Data and pipelines are up to date." in result.stdout
 
@@ -51,12 +50,11 @@ def test_changing_digits_reruns_tensorise_but_not_download(book_project, tmp_pat
         {"4": 5842, "9": 5949}
 
 
-def test_offline_repro_falls_back_to_mnist_5k(tmp_path):
-    project = tmp_path / "project"
-    result = run_pipeline_project(project, {})  # the default params, no mirror
+def test_offline_repro_falls_back_to_mnist_5k(ten_digit_project):
+    project, result = ten_digit_project  # data.source auto, no mirror
     assert "WARNING: full MNIST could not be downloaded" in result.stderr
     meta = read_json(project / "data/tensors/meta.json")
     assert meta["source"] == "mnist-5k" and meta["split"] == "random"
-    assert meta["n_train"] + meta["n_valid"] == 1000
-    for name in ("baseline", "linear", "mlp"):
+    assert meta["n_train"] + meta["n_valid"] == 5000
+    for name in ("baseline", "linear", "mlp", "cnn"):
         assert read_json(project / f"metrics/{name}.json")["source"] == "mnist-5k"

@@ -16,11 +16,6 @@ BOOK = {"linear": 0.9696, "mlp": 0.9828}
 TOLERANCE = {"linear": 0.01, "mlp": 0.005}
 
 
-@pytest.fixture
-def book_copy(book_project, tmp_path):
-    return copy_project(book_project[0], tmp_path / "copy")
-
-
 @pytest.mark.parametrize("name", ["linear", "mlp"])
 def test_reaches_the_books_accuracy(book_project, name):  # the CNN: test_cnn.py
     project, _ = book_project
@@ -67,8 +62,9 @@ def test_retraining_gives_identical_checkpoints_and_metrics(book_copy):
     before = {path: (book_copy / path).read_bytes() for path in (
         "models/linear.pt", "metrics/linear.json", "models/mlp.pt", "metrics/mlp.json",
         "plots/mlp.tsv")}
+    threads = str(read_json(book_copy / "metrics/mlp.json")["threads"])  # as it first ran
     for stage in ("train_linear", "train_mlp"):
-        run(book_copy, "dvc", "repro", "--force", "--single-item", stage)
+        run(book_copy, "dvc", "repro", "--force", "--single-item", stage, OMP_NUM_THREADS=threads)
     for path, data in before.items():
         assert (book_copy / path).read_bytes() == data, path
 
@@ -99,19 +95,17 @@ def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
         assert not (book_copy / path).exists()
 
 
-def test_all_ten_digits_mlp_reaches_975_and_cnn_980_on_the_test_set(ten_digit_project):
-    book_copy, result = ten_digit_project
-    assert stages_run(result.stdout) == ["tensorise", "baseline", "train_linear", "train_mlp",
-                                         "train_cnn", "report"]
-    # Default CNN params, one epoch: 0.9849 measured (0.9858 and 0.9898 with the same maths
-    # in other float rounding: one epoch moves by half a point; issue #11 asks for 0.990, not
-    # met). The bound catches a broken CNN, not that spread.
-    cnn = read_json(book_copy / "metrics/cnn.json")
-    assert cnn["epochs"] == 1 and cnn["n_train"] == 60000 and cnn["accuracy"] >= 0.980
-    metrics = read_json(book_copy / "metrics/mlp.json")
-    assert metrics["n_valid"] == 10000 and len(metrics["per_class"]) == 10
-    assert metrics["accuracy"] >= 0.975
-    assert read_json(book_copy / "metrics/linear.json")["accuracy"] >= 0.90
-    report = (book_copy / "report/report.md").read_text()
+def test_all_ten_digits_train_and_report_every_digit(ten_digit_project):
+    project, result = ten_digit_project
+    assert stages_run(result.stdout) == ["download", "tensorise", "baseline", "train_linear",
+                                         "train_mlp", "train_cnn", "report"]
+    # mnist-5k: 4000 images to train, 1000 to validate. The README's figures on all of
+    # MNIST (MLP 0.975, CNN 0.980 at least) are asserted by `make bench`.
+    for name, bound in {"linear": 0.80, "mlp": 0.90, "cnn": 0.85}.items():
+        metrics = read_json(project / f"metrics/{name}.json")
+        assert (metrics["n_train"], metrics["n_valid"]) == (4000, 1000), name
+        assert len(metrics["per_class"]) == 10 and metrics["accuracy"] >= bound, name
+    assert read_json(project / "metrics/cnn.json")["epochs"] == 1
+    report = (project / "report/report.md").read_text()
     assert "| acc. 0 |" in report and "| acc. 9 |" in report
     assert "no book figure" in report
