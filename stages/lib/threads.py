@@ -56,13 +56,18 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
+def live_queue_workers() -> int:
+    """How many DVC queue workers are alive on this machine (any project)."""
+    nodes = {_worker_node(_cmdline(process)) for process in psutil.process_iter()}
+    return len(nodes - {None})
+
+
 def queue_workers() -> int:
     """How many DVC queue workers are alive on this machine, when this process was started
     by one; 0 when it was not (`dvc repro`, `dvc exp run` without the queue)."""
     if not any(_worker_node(_cmdline(parent)) for parent in psutil.Process().parents()):
         return 0
-    nodes = {_worker_node(_cmdline(process)) for process in psutil.process_iter()}
-    return max(1, len(nodes - {None}))
+    return max(1, live_queue_workers())
 
 
 def choose_threads(setting: int | str, environ: Mapping[str, str] = os.environ,
