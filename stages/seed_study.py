@@ -1,7 +1,8 @@
 """`python -m stages.seed_study`: the pipeline over several seeds through DVC's queue.
 
-Queues one experiment per seed (`dvc exp run --queue -n seed-N -S base.seed=N`), runs the
-queue with -j workers (`dvc exp run --run-all -j J`), then summarises each model's accuracy
+Queues one experiment per seed (`dvc exp run --queue -n seed-N -S base.seed=N -S
+base.threads=T`, T the cores shared among the J jobs), runs the queue with J workers
+(`dvc exp run --run-all -j J`), then summarises each model's accuracy
 over the seeds (mean, sd, min, max) beside the book's figure, in seed_study/. The
 experiments stay, for `dvc exp show`; remove them with `dvc exp remove` (printed at the end).
 With --summarise it only summarises seed-N experiments already here (run elsewhere and
@@ -20,6 +21,7 @@ from stages.lib.errors import UserError, run_stage
 from stages.lib.files import write_text
 from stages.lib.params import load_params
 from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
+from stages.lib.threads import available_cores
 
 OUT_DIR = Path("seed_study")
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
@@ -50,13 +52,19 @@ def check_names_free(names: list[str]) -> None:
 
 
 def run_study(names: dict[int, str], jobs: int) -> float:
-    """Queue one experiment per seed and run the queue; returns the minutes it took."""
+    """Queue one experiment per seed and run the queue; returns the minutes it took.
+
+    Each runs with the cores shared among the jobs, set as base.threads rather than left to
+    `auto`: an experiment that ends up running alone would otherwise take more threads, and
+    its numbers would depend on timing. So any seed's row is reproduced bit for bit by
+    `dvc exp run -S base.seed=N -S base.threads=T`."""
     check_names_free(list(names.values()))
+    threads = max(1, available_cores() // jobs)
     start = time.perf_counter()
     for seed, name in names.items():
-        experiments.queue(name, {"base.seed": seed})
-    print(f"seed_study: queued {len(names)} experiments ({', '.join(names.values())}); "
-          f"running them {jobs} at a time", file=sys.stderr)
+        experiments.queue(name, {"base.seed": seed, "base.threads": threads})
+    print(f"seed_study: queued {len(names)} experiments ({', '.join(names.values())}) with "
+          f"base.threads={threads}; running them {jobs} at a time", file=sys.stderr)
     experiments.run_queue(jobs)
     return (time.perf_counter() - start) / 60
 
