@@ -37,7 +37,7 @@ from stages.lib.learner import Learner, mnist_loss, predict
 from stages.lib.optim import SGD
 from stages.lib.models import book_init_, build_model
 from stages.lib.training import as_inputs
-from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder, set_params
+from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
 STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "train_cnn",

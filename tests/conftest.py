@@ -86,14 +86,19 @@ _PREBUILDS: list[threading.Thread] = []
 SHARED_FIXTURES = ("book_project", "ten_digit_project")
 
 
+def _waits_for(item) -> int:
+    """0: needs no shared run; 1: the ten-digit run (built sooner); 2: the book's."""
+    fixtures = item.fixturenames
+    return 2 if "book_project" in fixtures else 1 if "ten_digit_project" in fixtures else 0
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Under xdist: the quick tests first, and the shared real-data runs started in the
     background at once, so no worker sits waiting for a run another is building."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    # The ten-digit run builds faster than the book's: its tests go before the book's.
-    items.sort(key=lambda item: max((rank for rank, f in enumerate(SHARED_FIXTURES[::-1], 1)
-                                     if f in item.fixturenames), default=0))
+    items.sort(key=_waits_for)  # the same order in every worker, as xdist requires
+    # A hook gets no fixtures: the config's factory is the session's tmp_path_factory.
     root = shared_root(config._tmp_path_factory)
     for name in SHARED_FIXTURES:
         if any(name in item.fixturenames for item in items):
