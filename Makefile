@@ -28,7 +28,7 @@ run: $(STAMP)  ## check params.yaml, then run the pipeline (dvc repro)
 test: $(STAMP)  ## run the tests
 	python -m pytest
 
-bench: $(STAMP)  ## benchmark: our Learner vs the chapter's loop, cold/no-op dvc repro
+bench: $(STAMP)  ## benchmark: Learner vs the chapter's loop, CNN vs fastai, queue sweeps, dvc repro
 	python -m bench.bench
 
 clean:  ## remove the venv (outputs stay; `dvc gc` manages the cache)
