@@ -1,11 +1,12 @@
 """Benchmark: our Learner against the chapter's DataLoader loop, our resnet18 epoch against the
-book's fastai code, training FLOP/s against a large matmul, and cold / no-op `dvc repro` per
-stage, for MNIST 3/7 and for all ten digits.
+book's fastai code, training FLOP/s against a large matmul, cold / no-op `dvc repro` per
+stage for MNIST 3/7 and for all ten digits (whose accuracies must reach the README's), and a
+4-experiment sweep through DVC's queue at -j 1 and -j 2.
 
 Runs offline on real MNIST from ../shared/mnist (or the folder/URL in MNIST_MIRRORS), in
 temp copies of the project. Prints a table and writes bench/results/bench.json.
 
-    python -m bench.bench              # everything (about 7 minutes on 2 cores)
+    python -m bench.bench              # everything (about 8 minutes on 2 cores)
     python -m bench.bench --quick      # skip the ten-digit pipeline
     python -m bench.bench --no-fastai  # skip the fastai comparison (and its venv)
 
