@@ -41,6 +41,7 @@ from stages.lib.training import as_inputs
 from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
+DVC = str(Path(sys.executable).parent / "dvc")  # the venv's, whatever PATH says
 STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "train_cnn",
           "report")
 FASTAI_VENV = ROOT / "bench" / ".fastai-venv"
@@ -153,18 +154,17 @@ def bench_env(mirror: str) -> dict:
 def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
     """Cold repro (to train_mlp, then the report), no-op repro, and each stage alone."""
     env = bench_env(mirror)
-    dvc = str(Path(sys.executable).parent / "dvc")
 
     whole = make_project(workdir / "whole", params)
-    to_mlp, _ = timed(whole, dvc, "repro", "-q", "baseline", "train_linear", "train_mlp",
+    to_mlp, _ = timed(whole, DVC, "repro", "-q", "baseline", "train_linear", "train_mlp",
                       env=env)
-    report, _ = timed(whole, dvc, "repro", "-q", env=env)
-    noop = statistics.median(timed(whole, dvc, "repro", "-q", env=env)[0] for _ in range(3))
+    report, _ = timed(whole, DVC, "repro", "-q", env=env)
+    noop = statistics.median(timed(whole, DVC, "repro", "-q", env=env)[0] for _ in range(3))
 
     single = make_project(workdir / "stages", params)
     stages = {}
     for stage in STAGES:
-        seconds, rss = timed(single, dvc, "repro", "-q", "--single-item", stage, env=env)
+        seconds, rss = timed(single, DVC, "repro", "-q", "--single-item", stage, env=env)
         stages[stage] = {"seconds": seconds, "peak_rss_mb": rss}
     metrics = {name: json.loads((whole / f"metrics/{name}.json").read_text())
                for name in ("baseline", "linear", "mlp", "cnn")}
@@ -195,13 +195,12 @@ def sweep(project: Path, jobs: int, env: dict) -> dict:
     0-10 s after the work is done, whatever the work."""
     from stages.lib.experiments import experiments
 
-    dvc = str(Path(sys.executable).parent / "dvc")
     for lr in SWEEP_LRS[jobs]:
-        subprocess.run([dvc, "exp", "run", "--queue", "-S", f"train_mlp.lr={lr}"], cwd=project,
+        subprocess.run([DVC, "exp", "run", "--queue", "-S", f"train_mlp.lr={lr}"], cwd=project,
                        env=env, check=True, capture_output=True)
     before, saved = experiment_refs(project), None
     start = time.perf_counter()
-    command = subprocess.Popen([dvc, "exp", "run", "--run-all", "-j", str(jobs)], cwd=project,
+    command = subprocess.Popen([DVC, "exp", "run", "--run-all", "-j", str(jobs)], cwd=project,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     while command.poll() is None:

@@ -6,6 +6,7 @@ import math
 import sys
 
 import pytest
+import yaml
 
 from stages.lib.errors import UserError
 from stages.lib.experiments import Experiment
@@ -13,8 +14,6 @@ from stages.lib.params import validate_params
 from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
 from stages.lib.threads import _worker_node, choose_threads, queue_workers
 from tests.helpers import ROOT, run
-
-import yaml
 
 
 @pytest.mark.parametrize("workers, cores, expected", [

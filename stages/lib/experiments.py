@@ -1,5 +1,5 @@
 """DVC's experiment queue, driven from Python: queue runs with params set, run the queue with
-N workers, read back each experiment's params and metrics, remove experiments."""
+N workers, read back each experiment's params and metrics."""
 
 from __future__ import annotations
 
@@ -57,8 +57,3 @@ def experiments() -> list[Experiment]:
                 metrics={path: entry.get("data", {})
                          for path, entry in (data.get("metrics") or {}).items()}))
     return found
-
-
-def remove(names: list[str]) -> None:
-    if names:
-        dvc("exp", "remove", *names)

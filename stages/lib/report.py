@@ -84,35 +84,32 @@ def results_table(results: list[ModelResult], meta: dict) -> str:
     book = is_book_data(meta)
     header = ["model", "accuracy", "balanced accuracy", *(f"acc. {d}" for d in digits)]
     header += ["the book"] if book else []
-    lines = [_row(header), _row(["---"] * len(header))]
+    rows = []
     for r in results:
         cells = [r.name, f"{r.metrics['accuracy']:.4f}", f"{r.metrics['balanced_accuracy']:.4f}",
                  *(f"{r.metrics['per_class'][d]:.4f}" for d in digits)]
         if book:
             cells.append(_book_cell(book_figure(r.key, r.settings, meta)))
-        lines.append(_row(cells))
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def data_table(meta: dict) -> str:
     counts = meta["counts"]
-    lines = [_row(["split", *meta["digits"], "total"]), _row(["---"] * (len(meta["digits"]) + 2))]
-    for split in ("train", "valid"):
-        lines.append(_row([split, *(counts[split][str(d)] for d in meta["digits"]),
-                           sum(counts[split].values())]))
-    return "\n".join(lines)
+    return markdown_table(["split", *meta["digits"], "total"],
+                          [[split, *(counts[split][str(d)] for d in meta["digits"]),
+                            sum(counts[split].values())] for split in ("train", "valid")])
 
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
     keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd")
-    lines = [_row(["model", *keys, "final train loss", "final valid loss"]),
-             _row(["---"] * (len(keys) + 3))]
+    rows = []
     for r in results:
         if r.key in metrics:
             shown = [r.settings.get(k) for k in keys]
-            lines.append(_row([r.name, *(v if v not in (None, []) else "—" for v in shown),
-                               metrics[r.key]["train_loss"], metrics[r.key]["valid_loss"]]))
-    return "\n".join(lines)
+            rows.append([r.name, *(v if v not in (None, []) else "—" for v in shown),
+                         metrics[r.key]["train_loss"], metrics[r.key]["valid_loss"]])
+    return markdown_table(["model", *keys, "final train loss", "final valid loss"], rows)
 
 
 def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, dict],
