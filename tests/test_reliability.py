@@ -3,6 +3,7 @@ failed run, and experiments running in parallel."""
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -125,9 +126,14 @@ def test_two_queued_experiments_run_in_parallel_correctly(book_copy, monkeypatch
     cores = available_cores()
     assert {m["threads"] for m in parallel.values()} == {max(1, cores // 2)}
     # The same experiment run alone, in the workspace, with the same thread count (here set
-    # by the standard variable) gives bit-identical metrics.
+    # by the standard variable) gives bit-identical metrics. A new train_mlp.lr reruns the
+    # MLP and nothing upstream; the report, whose inputs are now the queued run's to the bit,
+    # comes from DVC's run cache.
     alone = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5",
                 OMP_NUM_THREADS=str(max(1, cores // 2)))
-    assert stages_run(alone.stdout)[0] == "train_mlp"
+    assert stages_run(alone.stdout) == ["train_mlp"], alone.stdout
+    assert "Stage 'report' is cached - skipping run" in alone.stdout, alone.stdout
     assert read_json(book_copy / "metrics/mlp.json") == parallel[0.5]
     assert parallel[0.05]["accuracy"] != parallel[0.5]["accuracy"]
+    diff = json.loads(run(book_copy, "dvc", "metrics", "diff", "--json").stdout)
+    assert "metrics/mlp.json" in diff and "metrics/linear.json" not in diff

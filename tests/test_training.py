@@ -69,13 +69,6 @@ def test_retraining_gives_identical_checkpoints_and_metrics(book_copy):
         assert (book_copy / path).read_bytes() == data, path
 
 
-def test_exp_run_with_a_new_mlp_lr_reruns_only_the_mlp_and_report(book_copy):
-    result = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5")
-    assert stages_run(result.stdout) == ["train_mlp", "report"]
-    diff = json.loads(run(book_copy, "dvc", "metrics", "diff", "--json").stdout)
-    assert "metrics/mlp.json" in diff and "metrics/linear.json" not in diff
-
-
 def test_exp_run_with_a_typo_fails(book_copy):
     result = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lrr=0.5", check=False)
     assert result.returncode != 0
