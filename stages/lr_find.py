@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from stages.lib import figures
-from stages.lib.errors import UserError, run_stage
+from stages.lib.errors import run_stage
 from stages.lib.lr_find import END_LR, NUM_IT, START_LR, lr_find
 from stages.lib.models import TRAINED
 from stages.lib.params import load_params

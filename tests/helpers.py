@@ -7,11 +7,16 @@ import contextlib
 import functools
 import gzip
 import http.server
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import threading
+import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +175,49 @@ def run(project: Path, *command: str, mirrors: str | None = None, check: bool = 
 def run_stage(project: Path, stage: str, mirrors: str | None = None,
               check: bool = False) -> subprocess.CompletedProcess:
     return run(project, sys.executable, "-m", f"stages.{stage}", mirrors=mirrors, check=check)
+
+
+def run_module(project: Path, module: str, *args: str,
+               check: bool = False) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in `project`, run inside this test process: the same code,
+    output and exit status, without a new interpreter importing torch and torchvision again
+    (1.6 to 3.3 CPU-s, most of what a failing stage or a prediction costs). For tests of what
+    a command says and writes; signals, environment variables and DVC running the stages are
+    tested through real processes (`run`, `run_stage`)."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [module, *args]
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with warnings.catch_warnings():  # a module a test imported runs afresh, as with -m
+                warnings.filterwarnings("ignore", "'stages.", RuntimeWarning)
+                code = _exit_status(lambda: runpy.run_module(module, run_name="__main__",
+                                                             alter_sys=True))
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    result = subprocess.CompletedProcess(["python", "-m", module, *args], code,
+                                         out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"python -m {module} failed ({code}):\n{result.stdout}\n"
+                             f"{result.stderr}")
+    return result
+
+
+def _exit_status(main: Callable[[], object]) -> int:
+    """What the interpreter would exit with after `main`, printing what it would print."""
+    try:
+        main()
+    except SystemExit as exit:
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - a bug: its traceback, as the interpreter shows it
+        traceback.print_exc()
+        return 1
+    return 0
 
 
 def run_pipeline_project(project: Path, params: dict, mirrors: str | None = None,

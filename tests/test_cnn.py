@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from PIL import Image
 
 from stages.lib.models import load_checkpoint
 from stages.lib.optim import one_cycle
-from tests.helpers import copy_project, read_json, run, run_stage, set_params
+from tests.helpers import copy_project, read_json, run, run_module, set_params
 
 def test_cnn_accuracy_on_real_mnist(book_project):
     project, result = book_project
@@ -48,7 +47,7 @@ def test_cnn_retrains_bit_for_bit(ten_digit_project, tmp_path):
 def test_cnn_params_are_validated(book_project, tmp_path):
     project = copy_project(book_project[0], tmp_path / "copy")
     set_params(project, {"train_cnn.wd": -0.1})
-    result = run_stage(project, "train_cnn")
+    result = run_module(project, "stages.train_cnn")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train_cnn.wd: Input should be greater than or equal to 0" in result.stderr
 
@@ -56,7 +55,7 @@ def test_cnn_params_are_validated(book_project, tmp_path):
 @pytest.mark.parametrize("stage", ["train_mlp", "train_cnn"])
 def test_lr_find_prints_a_suggestion_and_writes_a_plot(book_project, tmp_path, stage):
     project = copy_project(book_project[0], tmp_path / "copy", commit=False)
-    result = run(project, sys.executable, "-m", "stages.lr_find", stage, "--num-it", "10")
+    result = run_module(project, "stages.lr_find", stage, "--num-it", "10", check=True)
     assert f"lr_find {stage}:" in result.stdout and "valley suggests lr" in result.stdout
     assert f"dvc exp run -S {stage}.lr=" in result.stdout
     with Image.open(project / "lr_find" / f"{stage}.png") as png:
@@ -66,5 +65,5 @@ def test_lr_find_prints_a_suggestion_and_writes_a_plot(book_project, tmp_path, s
 
 
 def test_lr_find_refuses_an_unknown_stage(book_project):
-    result = run(book_project[0], sys.executable, "-m", "stages.lr_find", "train_cnnn", check=False)
+    result = run_module(book_project[0], "stages.lr_find", "train_cnnn")
     assert result.returncode == 2 and "unknown stage 'train_cnnn'" in result.stderr

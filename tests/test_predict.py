@@ -17,7 +17,7 @@ from stages.lib.errors import UserError
 from stages.lib.idx import read_images_and_labels
 from stages.lib.learner import batched_logits, predict
 from stages.lib.models import load_checkpoint
-from tests.helpers import ROOT, copy_project, git, run
+from tests.helpers import ROOT, copy_project, git, run, run_module
 
 MODELS = ("linear", "mlp", "cnn")
 
@@ -146,9 +146,8 @@ def write_variants(folder, images) -> list[tuple[str, int]]:
 
 
 def run_predict(folder, *args, check=True):
-    """The command run in `folder` (its models/ is the default), with this checkout's code."""
-    return run(folder, sys.executable, "-m", "stages.predict", *args, check=check,
-               PYTHONPATH=str(ROOT))
+    """The command run in `folder` (its models/ is the default)."""
+    return run_module(folder, "stages.predict", *args, check=check)
 
 
 def tensor_predictions(project, name, images) -> list[int]:
@@ -273,5 +272,7 @@ def test_models_are_dvc_artifacts_that_dvc_fetches(book_project, mnist_test, tmp
     assert (user / "cnn.pt").read_bytes() == (project / "models/cnn.pt").read_bytes()
     image = user / "seven.png"
     Image.fromarray(mnist_test[0][0]).save(image)  # the test set's first image is a 7
-    result = run_predict(user, str(image), "--model", "cnn.pt")
+    # As a user runs it: a real process, in a folder that is not the project.
+    result = run(user, sys.executable, "-m", "stages.predict", str(image), "--model", "cnn.pt",
+                 PYTHONPATH=str(ROOT))
     assert result.stdout.splitlines()[-1].split()[:2] == [str(image), "7"]

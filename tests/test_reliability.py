@@ -12,8 +12,8 @@ from stages import tensorise
 from stages.lib import experiments
 from stages.lib.files import atomic_dir, atomic_open, write_json
 from stages.lib.threads import available_cores
-from tests.helpers import (copy_project, make_project, read_json, run, run_stage, set_params,
-                           stages_run)
+from tests.helpers import (make_project, read_json, run, run_module, run_stage,
+                           set_params, stages_run)
 
 
 class Interrupted(Exception):
@@ -86,7 +86,7 @@ def test_report_refuses_a_missing_or_foreign_checkpoint(book_copy, swap):
         checkpoint.unlink()
     else:
         checkpoint.write_bytes(b"\x00" * 64)
-    result = run_stage(book_copy, "report")
+    result = run_module(book_copy, "stages.report")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = {"foreign": "is not a checkpoint this pipeline wrote (expected keys",
                 "missing": "checkpoint models/mlp.pt not found; run `dvc repro` first",

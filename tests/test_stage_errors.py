@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.helpers import make_project, read_json, run, run_stage, set_params
+from tests.helpers import make_project, read_json, run, run_module, run_stage, set_params
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_offline_auto_falls_back_to_mnist_5k_loudly(project):
 def test_official_split_with_mnist_5k_is_an_error(project):
     set_params(project, {"data.source": "mnist-5k", "data.split": "official"})
     run_stage(project, "download", check=True)
-    result = run_stage(project, "tensorise")
+    result = run_module(project, "stages.tensorise")
     assert_user_error(result, "data.split: official needs the MNIST test set")
     assert not (project / "data" / "tensors").exists()
 
@@ -86,7 +86,7 @@ def test_missing_local_folder(project, tmp_path):
 
 
 def test_tensorise_before_download(project):
-    assert_user_error(run_stage(project, "tensorise"), "the download manifest not found")
+    assert_user_error(run_module(project, "stages.tensorise"), "the download manifest not found")
 
 
 def test_params_check_catches_a_hand_typo_dvc_would_not_rerun_for(project):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import yaml
@@ -13,7 +12,7 @@ from stages.lib.experiments import Experiment
 from stages.lib.params import validate_params
 from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
 from stages.lib.threads import _worker_node, choose_threads, queue_workers
-from tests.helpers import ROOT, run
+from tests.helpers import ROOT, run_module
 
 
 @pytest.mark.parametrize("workers, cores, expected", [
@@ -105,10 +104,9 @@ def test_summary_has_no_book_figure_for_other_digits():
 
 
 def test_seed_study_names_what_is_missing_and_refuses_too_few_seeds(book_copy):
-    summarise = run(book_copy, sys.executable, "-m", "stages.seed_study", "--summarise",
-                    "--seeds", "0", "1", check=False)
+    summarise = run_module(book_copy, "stages.seed_study", "--summarise", "--seeds", "0", "1")
     assert summarise.returncode == 2 and "Traceback" not in summarise.stderr
     assert "no experiment seed-0, seed-1 here" in summarise.stderr
     assert "dvc exp pull REMOTE seed-0 seed-1" in summarise.stderr
-    one = run(book_copy, sys.executable, "-m", "stages.seed_study", "--seeds", "3", check=False)
+    one = run_module(book_copy, "stages.seed_study", "--seeds", "3")
     assert one.returncode == 2 and "--seeds needs two or more distinct seeds" in one.stderr

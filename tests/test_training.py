@@ -10,7 +10,7 @@ import torch
 
 from stages.lib.models import load_checkpoint
 from stages.lib.training import HISTORY_COLUMNS
-from tests.helpers import copy_project, read_json, run, run_stage, set_params, stages_run
+from tests.helpers import read_json, run, run_module, set_params, stages_run
 
 BOOK = {"linear": 0.9696, "mlp": 0.9828}
 TOLERANCE = {"linear": 0.01, "mlp": 0.005}
@@ -81,7 +81,7 @@ def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
     set_params(book_copy, {f"{stage}.lr": 1e38, f"{stage}.loss": "bce"})
     for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv"):
         (book_copy / path).unlink()
-    result = run_stage(book_copy, stage)
+    result = run_module(book_copy, f"stages.{stage}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"training diverged with {stage}.lr = 1e+38" in result.stderr
     for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv"):
