@@ -13,7 +13,7 @@ from stages.lib.learner import (Learner, TrainingDiverged, bce_loss, confidence,
                                 cross_entropy_loss, loss_function, mnist_loss, predict)
 from stages.lib.models import book_init_, build_model, load_checkpoint, save_checkpoint
 from stages.lib.optim import SGD
-from stages.lib.training import loss_name
+from stages.lib.training import live_log, loss_name
 
 
 def block_data(n=64, n_classes=2, seed=0):
@@ -204,3 +204,38 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(UserError, match="base.device: cuda asked for, but torch sees no CUDA"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+# --- DVCLive ------------------------------------------------------------------------------
+
+def logged(folder, column):
+    path = folder / "plots" / "metrics" / f"{column}.tsv"
+    return path.read_text().splitlines()[1:] if path.exists() else []
+
+
+def test_dvclive_log_grows_epoch_by_epoch_as_the_fit_runs(chdir):
+    learner, seen = make_learner(), []
+    with live_log("linear", learner) as live:
+        log_epoch = learner.on_epoch
+
+        def log_and_look(row):  # what `dvc plots show` would find at the end of each epoch
+            log_epoch(row)
+            seen.append(len(logged(chdir / "dvclive/linear", "valid_accuracy")))
+
+        learner.on_epoch = log_and_look
+        learner.fit(3)
+    assert seen == [1, 2, 3]
+    assert live.dir == "dvclive/linear" and learner.on_epoch is None
+    rows = [line.split("\t") for line in logged(chdir / "dvclive/linear", "train_loss")]
+    assert [int(step) for step, _ in rows] == [0, 1, 2]
+    assert [float(v) for _, v in rows] == [row["train_loss"] for row in learner.history]
+    # dvcyaml=None and save_dvc_exp=False: DVCLive writes no dvc.yaml and no experiment.
+    assert sorted(p.name for p in chdir.iterdir()) == ["dvclive", "params.yaml"]
+
+
+def test_a_failed_fit_leaves_no_dvclive_log(chdir):
+    learner = make_learner(lr=1e38, loss=bce_loss)
+    with pytest.raises(TrainingDiverged):
+        with live_log("linear", learner):
+            learner.fit(3)
+    assert not (chdir / "dvclive" / "linear").exists()

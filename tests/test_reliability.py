@@ -56,7 +56,7 @@ def test_stage_interrupted_while_saving_tensors(tmp_path, monkeypatch):
     """tensorise dies writing valid.pt: the tensors of the last good run stay, whole."""
     project = make_project(tmp_path / "project", {"data.source": "mnist-5k"})
     run_stage(project, "download", check=True)
-    run_stage(project, "tensorise", check=True)
+    run_module(project, "stages.tensorise", check=True)
     before = {p.name: p.read_bytes() for p in (project / "data/tensors").iterdir()}
 
     real_save = torch.save
@@ -103,13 +103,14 @@ def test_dvc_checkout_restores_the_last_good_outputs_after_a_failed_repro(book_c
     assert "training diverged with train_mlp.lr" in failed.stderr
     assert not (book_copy / "models/mlp.pt").exists()  # DVC clears outputs before a stage runs
 
-    run(book_copy, "git", "checkout", "--", "params.yaml", "metrics", "plots")
+    run(book_copy, "git", "checkout", "--", "params.yaml", "metrics", "plots", "dvclive")
     run(book_copy, "dvc", "checkout")
     for path, data in good.items():
         assert (book_copy / path).read_bytes() == data, path
     assert "Data and pipelines are up to date." in run(book_copy, "dvc", "status").stdout
 
 
+@pytest.mark.long
 def test_two_queued_experiments_run_in_parallel_correctly(book_copy, monkeypatch):
     # Through stages.lib.experiments, as the seed study drives DVC's queue.
     monkeypatch.chdir(book_copy)

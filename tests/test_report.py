@@ -100,6 +100,29 @@ def test_changing_a_training_param_reruns_only_its_stage_and_the_report(book_pro
     assert params["params.yaml"]["train_linear.epochs"] == {"old": 21, "new": 5, "diff": -16}
 
 
+# A page element that would load something: <script src=...>, <link href=...>, <img src=...>,
+# CSS url(...), with an http(s) or protocol-relative address.
+REMOTE_LOAD = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)\s*(?:https?:)?//""",
+                         re.IGNORECASE)
+
+
+def test_dvc_plots_pages_load_nothing_from_the_network(book_copy, tmp_path):
+    # The default page would load Vega from a CDN: the pattern finds that.
+    assert REMOTE_LOAD.search('<script src="https://cdn.jsdelivr.net/npm/vega@5.20.2">')
+    # A workspace that differs from HEAD, for `dvc plots diff` to draw both.
+    accuracy = book_copy / "dvclive/linear/plots/metrics/valid_accuracy.tsv"
+    accuracy.write_text("".join(accuracy.read_text().splitlines(keepends=True)[:6]))
+    for command in (("show",), ("diff", "HEAD")):
+        out = tmp_path / command[0]
+        run(book_copy, "dvc", "plots", *command, "-o", str(out))
+        page = (out / "index.html").read_text()
+        assert not REMOTE_LOAD.search(page), REMOTE_LOAD.search(page)
+        assert "vega 5.20.2, vega-lite 5.2.0, vega-embed 6.18.2" in page  # inlined
+        assert page.count("vegaEmbed(") == 3  # accuracy, loss, the CNN's learning rate
+        for name in ("linear", "mlp", "cnn"):
+            assert f"{name}/plots/metrics/valid_accuracy.tsv" in page
+
+
 def test_push_clear_pull_gives_identical_outputs(book_project, tmp_path):
     project = copy_project(book_project[0], tmp_path / "copy")
     outputs = ["data/raw/train-images-idx3-ubyte.gz", "data/tensors/train.pt",

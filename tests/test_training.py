@@ -4,12 +4,13 @@ failure on divergence, and DVC rerunning only what a param change touches."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from stages.lib.models import load_checkpoint
-from stages.lib.training import HISTORY_COLUMNS
+from stages.lib.training import HISTORY_COLUMNS, read_history
 from tests.helpers import read_json, run, run_module, set_params, stages_run
 
 BOOK = {"linear": 0.9696, "mlp": 0.9828}
@@ -35,6 +36,15 @@ def test_history_has_one_row_per_epoch(book_project, name, epochs):
     last = dict(zip(HISTORY_COLUMNS, lines[-1].split("\t")))
     metrics = read_json(project / f"metrics/{name}.json")
     assert float(last["valid_accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-4)
+    # DVCLive's log of the same fit (what `dvc plots show` draws): the same epochs and values.
+    history = read_history(project / f"plots/{name}.tsv")
+    for column in HISTORY_COLUMNS[1:]:
+        logged = (project / f"dvclive/{name}/plots/metrics/{column}.tsv").read_text()
+        rows = [line.split("\t") for line in logged.splitlines()]
+        assert rows[0] == ["step", column]
+        assert [int(step) for step, _ in rows[1:]] == [row["epoch"] for row in history]
+        assert [float(v) for _, v in rows[1:]] == pytest.approx(
+            [row[column] for row in history], abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["linear", "mlp", "cnn"])
@@ -63,8 +73,8 @@ def test_retraining_gives_identical_checkpoints_and_metrics(book_copy):
         "models/linear.pt", "metrics/linear.json", "models/mlp.pt", "metrics/mlp.json",
         "plots/mlp.tsv")}
     threads = str(read_json(book_copy / "metrics/mlp.json")["threads"])  # as it first ran
-    for stage in ("train_linear", "train_mlp"):
-        run(book_copy, "dvc", "repro", "--force", "--single-item", stage, OMP_NUM_THREADS=threads)
+    run(book_copy, "dvc", "repro", "--force", "--single-item", "train_linear", "train_mlp",
+        OMP_NUM_THREADS=threads)
     for path, data in before.items():
         assert (book_copy / path).read_bytes() == data, path
 
@@ -81,10 +91,12 @@ def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
     set_params(book_copy, {f"{stage}.lr": 1e38, f"{stage}.loss": "bce"})
     for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv"):
         (book_copy / path).unlink()
+    shutil.rmtree(book_copy / f"dvclive/{name}")  # as DVC clears a stage's outputs
     result = run_module(book_copy, f"stages.{stage}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"training diverged with {stage}.lr = 1e+38" in result.stderr
-    for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv"):
+    for path in (f"models/{name}.pt", f"metrics/{name}.json", f"plots/{name}.tsv",
+                 f"dvclive/{name}"):
         assert not (book_copy / path).exists()
 
 

@@ -96,6 +96,7 @@ class Learner:
     generator: torch.Generator | None = None  # set: shuffle every epoch with it
     drop_last: bool = False  # fastai's training loader drops the last, smaller batch
     log: TextIO | None = field(default=sys.stdout)
+    on_epoch: Callable[[dict], None] | None = None     # given each epoch's history row
     history: list[dict] = field(default_factory=list)  # one row per epoch
     hypers: list[dict] = field(default_factory=list)   # scheduled values, one row per step
     steps: int = 0                                     # batches trained on so far
@@ -169,6 +170,8 @@ class Learner:
                                  "valid_loss": valid_loss, "valid_accuracy": accuracy})
             self._print_row(epoch, f"{train_loss:.6f}", f"{valid_loss:.6f}",
                             f"{accuracy:.6f}", f"{seconds:.2f}s")
+            if self.on_epoch is not None:
+                self.on_epoch(self.history[-1])
         return self.history
 
     def fit_one_cycle(self, epochs: int, lr_max: float) -> list[dict]:

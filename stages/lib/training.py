@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import torch
 
@@ -20,9 +23,13 @@ from .optim import SGD, Adam
 from .params import Params, TrainCNN, TrainLinear, TrainMLP
 from .threads import Threads, use_threads
 
+if TYPE_CHECKING:
+    from dvclive import Live
+
 TrainingParams = TrainLinear | TrainMLP | TrainCNN
 
 TENSOR_DIR = Path("data/tensors")
+LIVE_DIR = Path("dvclive")  # dvclive/<name>/: the run as it trains, for DVC's plots
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy")
 
 
@@ -123,17 +130,48 @@ def training_settings(prepared: Prepared, params: Params) -> dict:
     return settings
 
 
+@contextlib.contextmanager
+def live_log(name: str, learner: Learner) -> Iterator[Live]:
+    """Log each epoch of the learner's fit through DVCLive into dvclive/<name>/ as it
+    trains, so `dvc plots show`, DVC's VS Code extension and Studio can follow the run.
+    A fit that fails leaves no log behind: it would stand beside the last good outputs."""
+    from dvclive import Live  # here: the report and predict, importing this module, need not
+
+    # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
+    # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
+    live = Live(dir=str(LIVE_DIR / name), dvcyaml=None, save_dvc_exp=False)
+
+    def log_epoch(row: dict) -> None:
+        for key in HISTORY_COLUMNS[1:]:
+            live.log_metric(key, row[key])
+        live.next_step()
+
+    learner.on_epoch = log_epoch
+    try:
+        yield live
+        live.end()
+    except BaseException:
+        shutil.rmtree(live.dir, ignore_errors=True)
+        raise
+    finally:
+        learner.on_epoch = None
+
+
 def train_stage(name: str, params: Params) -> None:
     """Train `name` ("linear", "mlp" or "cnn") with params.train_<name>; write its outputs."""
     prepared = prepare(name, params)
     stage, cfg, learner, meta = prepared.stage, prepared.cfg, prepared.learner, prepared.meta
     start = time.perf_counter()
-    try:
-        history = (learner.fit_one_cycle(cfg.epochs, cfg.lr) if name == "cnn"
-                   else learner.fit(cfg.epochs))
-    except TrainingDiverged as err:
-        raise UserError(f"training diverged with {stage}.lr = {cfg.lr}: {err}. Lower "
-                        f"{stage}.lr; no checkpoint or metrics were written") from None
+    with live_log(name, learner) as live:
+        try:
+            history = (learner.fit_one_cycle(cfg.epochs, cfg.lr) if name == "cnn"
+                       else learner.fit(cfg.epochs))
+        except TrainingDiverged as err:
+            raise UserError(f"training diverged with {stage}.lr = {cfg.lr}: {err}. Lower "
+                            f"{stage}.lr; no checkpoint or metrics were written") from None
+        if learner.hypers:  # a schedule: the learning rate changed every step
+            live.log_plot("lr", learner.hypers, x="step", y="lr",
+                          title=f"{stage}: learning rate per step (one-cycle)")
     seconds = time.perf_counter() - start
 
     preds = predict(batched_logits(learner.model, learner.valid_x))
