@@ -9,10 +9,10 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: help setup run test bench clean
+.PHONY: help setup run metrics test bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install requirements.txt
 
@@ -21,9 +21,14 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-run: $(STAMP)  ## check params.yaml, then run the pipeline (dvc repro)
+run: $(STAMP)  ## check params.yaml, run the pipeline (dvc repro), print each model's accuracy
 	python -m stages.lib.params
 	dvc repro
+	@echo
+	@python -m stages.summary
+
+metrics: $(STAMP)  ## each model's accuracy beside the book's, from the committed metrics
+	@python -m stages.summary
 
 test: $(STAMP)  ## run the tests
 	python -m pytest

@@ -54,4 +54,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("lr_find", lambda: main(sys.argv[1:]))
+    run_stage("lr_find", lambda: main(sys.argv[1:]), kind="command")

@@ -91,4 +91,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("predict", lambda: sys.exit(main(sys.argv[1:])))
+    run_stage("predict", lambda: sys.exit(main(sys.argv[1:])), kind="command")

@@ -99,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("seed_study", lambda: main(sys.argv[1:]))
+    run_stage("seed_study", lambda: main(sys.argv[1:]), kind="command")

@@ -1,0 +1,109 @@
+"""A run's answer in a few lines: each model's accuracy beside the book's figure, read from
+`metrics/*.json` and from the params `dvc.lock` says they were computed with (not from
+params.yaml, which may have changed since). Torch-free, so it answers at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from .book import book_figure, is_book_data
+from .errors import UserError
+
+LOCK = Path("dvc.lock")
+# (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
+MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
+          ("linear", "train_linear", "metrics/linear.json", "linear"),
+          ("mlp", "train_mlp", "metrics/mlp.json", "mlp"),
+          ("cnn", "train_cnn", "metrics/cnn.json", "cnn"))
+FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sample the "
+                    "download fell back to\nbecause full MNIST could not be had; they are not "
+                    "the book's. To get the full set:\n`dvc repro -f download` (online, or "
+                    "with MNIST_MIRRORS=/folder/with/the/four/gz/files),\nthen `make run`.")
+
+
+def locked_stages(lock: Path = LOCK) -> dict:
+    if not lock.is_file():
+        raise UserError(f"{lock} not found: no pipeline run to summarise; run `dvc repro`")
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+
+
+def stage_params(stages: dict, stage: str) -> dict:
+    """The params `stage` last ran with, by their key in params.yaml ("data.digits")."""
+    return stages[stage].get("params", {}).get("params.yaml", {})
+
+
+def recorded_metrics(stages: dict, stage: str, path: str) -> dict:
+    """`path` as `stage` wrote it when DVC last ran it; anything else is an error."""
+    if stage not in stages:
+        raise UserError(f"dvc.lock has no stage '{stage}': run `dvc repro`")
+    recorded = {out["path"]: out.get("md5") for out in stages[stage].get("outs", [])}
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{path} not found; run `dvc repro {stage}` (or `dvc checkout`)")
+    data = file.read_bytes()
+    if hashlib.md5(data).hexdigest() != recorded.get(path):
+        raise UserError(f"{path} is not the file dvc.lock records for stage '{stage}' (it "
+                        f"changed after DVC ran the stage); run `dvc repro` to bring them "
+                        f"together")
+    return json.loads(data)
+
+
+def settings(params: dict, stage: str) -> dict:
+    """A training stage's own params without their section: {"lr": 0.1, ...}."""
+    prefix = f"{stage}."
+    return {key.removeprefix(prefix): value for key, value in params.items()
+            if key.startswith(prefix)}
+
+
+def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
+    """The data the models saw (meta) and one row per model: name, accuracy, balanced
+    accuracy, the book's figure ("—" where the settings are not the book's)."""
+    metrics = {stage: recorded_metrics(stages, stage, path) for _, stage, path, _ in MODELS}
+    first = metrics["baseline"]
+    meta = {"source": first["source"], "split": first["split"], "n_train": first["n_train"],
+            "n_valid": first["n_valid"],
+            "digits": stage_params(stages, "tensorise").get("data.digits"),
+            "requested": stage_params(stages, "download").get("data.source")}
+    rows = []
+    for name, stage, _, key in MODELS:
+        scores = metrics[stage]["l1"] if stage == "baseline" else metrics[stage]
+        figure = book_figure(key, settings(stage_params(stages, stage), stage), meta)
+        rows.append([name, f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}",
+                     _book_cell(figure)])
+    return meta, rows
+
+
+def _book_cell(figure: dict | None) -> str:
+    if figure is None:
+        return "—"
+    if "accuracy" in figure:
+        return f"{figure['accuracy']:.4f}"
+    return f"{figure['balanced_accuracy']:.4f} balanced"
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned columns for a terminal: the first to the left, the numbers to the right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [[cell.ljust(w) if i == 0 else cell.rjust(w)
+              for i, (cell, w) in enumerate(zip(row, widths))] for row in [header, *rows]]
+    return "\n".join("  ".join(line).rstrip() for line in lines)
+
+
+def render_summary(meta: dict, rows: list[list[str]]) -> str:
+    digits = ", ".join(str(d) for d in meta["digits"] or [])
+    lines = [f"Digits {digits} from {meta['source']}, {meta['split']} validation split "
+             f"({meta['n_train']} training, {meta['n_valid']} validation images):", ""]
+    if is_book_data(meta):
+        lines.append(text_table(["model", "accuracy", "balanced", "the book"], rows))
+    else:
+        lines.append(text_table(["model", "accuracy", "balanced"], [r[:3] for r in rows]))
+        lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
+                      "so there are no book figures to compare with."]
+    if meta["source"] == "mnist-5k" and meta["requested"] == "auto":
+        lines += ["", FALLBACK_WARNING]
+    lines += ["", "Details: report/report.md; per metric: dvc metrics show"]
+    return "\n".join(lines)

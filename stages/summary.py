@@ -1,0 +1,16 @@
+"""`python -m stages.summary` (and `make metrics`; `make run` ends with it): each model's
+accuracy and balanced accuracy beside the book's figure, from the committed metrics and the
+params dvc.lock records for them. Not a DVC stage: it reads, and writes nothing."""
+
+from __future__ import annotations
+
+from stages.lib.errors import run_stage
+from stages.lib.summary import locked_stages, render_summary, summary_rows
+
+
+def main() -> None:
+    print(render_summary(*summary_rows(locked_stages())))
+
+
+if __name__ == "__main__":
+    run_stage("summary", main, kind="command")

@@ -1,0 +1,103 @@
+"""`python -m stages.summary` (`make metrics`, the end of `make run`): each model's accuracy
+beside the book's, from metrics/*.json and the params dvc.lock records for them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+
+import yaml
+
+from tests.helpers import ROOT, read_json, run_module
+
+BOOK_PARAMS = {
+    "download": {"data.source": "auto"},
+    "tensorise": {"data.digits": [3, 7], "data.split": "auto"},
+    "baseline": {},
+    "train_linear": {"train_linear.init": "book", "train_linear.lr": 1.0,
+                     "train_linear.epochs": 21, "train_linear.batch_size": 256,
+                     "train_linear.shuffle": False, "train_linear.loss": "mnist"},
+    "train_mlp": {"train_mlp.hidden": [30], "train_mlp.lr": 0.1, "train_mlp.epochs": 40,
+                  "train_mlp.batch_size": 256, "train_mlp.shuffle": False,
+                  "train_mlp.loss": "mnist"},
+    "train_cnn": {"train_cnn.lr": 0.1, "train_cnn.epochs": 1, "train_cnn.batch_size": 128,
+                  "train_cnn.shuffle": True, "train_cnn.wd": 0.01},
+}
+COMMON = {"n_train": 12396, "n_valid": 2038, "source": "mnist", "split": "official"}
+
+
+def scores(accuracy, balanced):
+    return {"accuracy": accuracy, "balanced_accuracy": balanced,
+            "per_class": {"3": balanced, "7": balanced}}
+
+
+def write_run(folder, params=BOOK_PARAMS, common=COMMON):
+    """metrics/*.json and the dvc.lock that records them, as `dvc repro` leaves them."""
+    metrics = {"baseline": {"l1": scores(0.9514, 0.9511), "l2": scores(0.9661, 0.9661), **common},
+               "linear": {**scores(0.9725, 0.9724), **common},
+               "mlp": {**scores(0.9828, 0.9828), **common},
+               "cnn": {**scores(0.9966, 0.9965), **common}}
+    stages = {}
+    (folder / "metrics").mkdir()
+    for stage, stage_params in params.items():
+        stages[stage] = {"params": {"params.yaml": stage_params}, "outs": []}
+        name = stage.removeprefix("train_")
+        if name in metrics:
+            path = folder / f"metrics/{name}.json"
+            path.write_text(json.dumps(metrics[name]))
+            stages[stage]["outs"].append({"path": f"metrics/{name}.json", "hash": "md5",
+                                          "md5": hashlib.md5(path.read_bytes()).hexdigest()})
+    (folder / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+
+
+def table(output: str) -> dict[str, list[str]]:
+    return {m.group(1): m.group(2).split() for m in
+            re.finditer(r"^(baseline \(L1\)|linear|mlp|cnn) +(.+)$", output, re.MULTILINE)}
+
+
+def test_book_settings_get_the_books_figure_and_others_a_dash(tmp_path):
+    write_run(tmp_path)
+    rows = table(run_module(tmp_path, "stages.summary", check=True).stdout)
+    assert rows == {"baseline (L1)": ["0.9514", "0.9511", "0.9511", "balanced"],
+                    "linear": ["0.9725", "0.9724", "0.9696"],
+                    "mlp": ["0.9828", "0.9828", "0.9828"],
+                    "cnn": ["0.9966", "0.9965", "0.9970"]}
+    # The MLP as dvc.lock says it ran with lr 0.5 (whatever params.yaml says now): no figure.
+    changed = {**BOOK_PARAMS, "train_mlp": {**BOOK_PARAMS["train_mlp"], "train_mlp.lr": 0.5}}
+    other = tmp_path / "other"
+    other.mkdir()
+    write_run(other, changed)
+    assert table(run_module(other, "stages.summary", check=True).stdout)["mlp"][2] == "—"
+
+
+def test_a_metrics_file_changed_after_dvc_ran_is_an_error(tmp_path):
+    write_run(tmp_path)
+    path = tmp_path / "metrics/mlp.json"
+    path.write_text(path.read_text().replace("0.9828", "0.9900", 1))
+    result = run_module(tmp_path, "stages.summary")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("error in command 'summary': metrics/mlp.json is not the file dvc.lock records "
+            "for stage 'train_mlp'") in result.stderr
+    (tmp_path / "dvc.lock").unlink()
+    assert "dvc.lock not found" in run_module(tmp_path, "stages.summary").stderr
+
+
+def test_the_offline_fallback_is_repeated_and_other_data_has_no_book_column(ten_digit_project):
+    project, _ = ten_digit_project
+    output = run_module(project, "stages.summary", check=True).stdout
+    assert "Digits 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 from mnist-5k" in output
+    assert "the book" not in output.splitlines()[2] and "no book figures" in output
+    assert table(output)["cnn"][0] == f"{read_json(project / 'metrics/cnn.json')['accuracy']:.4f}"
+    assert "WARNING: these numbers are from mnist-5k" in output
+
+
+def test_make_run_ends_with_the_summary_and_make_metrics_prints_it():
+    def commands(target):
+        result = subprocess.run(["make", "-n", "-o", ".venv/.installed-from-requirements",
+                                 target], cwd=ROOT, capture_output=True, text=True, check=True)
+        return [line.lstrip("@") for line in result.stdout.splitlines()]
+    assert commands("run")[-1] == "python -m stages.summary"
+    assert commands("run").index("dvc repro") < len(commands("run")) - 1
+    assert commands("metrics") == ["python -m stages.summary"]
