@@ -10,7 +10,8 @@ from stages.lib.errors import run_stage
 from stages.lib.files import atomic_dir, read_json, write_text
 from stages.lib.models import TRAINED
 from stages.lib.params import load_params
-from stages.lib.report import (baseline_results, confusion_by_digit, render_markdown,
+from stages.lib.report import (baseline_results, confusion_by_digit,
+                               linear_weights_before_and_after, render_markdown,
                                trained_result, worst_mistakes)
 from stages.lib.similarity import load_means
 from stages.lib.threads import use_threads
@@ -33,29 +34,28 @@ def main() -> None:
                for name in ("baseline", *TRAINED)}
     baseline = load_means("models/baseline.pt")
 
-    trained, models = {}, {}
-    for name in TRAINED:
-        trained[name], models[name] = trained_result(name, f"models/{name}.pt", metrics[name],
-                                                     valid)
+    trained = {name: trained_result(name, f"models/{name}.pt", metrics[name], valid)
+               for name in TRAINED}
     results = [*baseline_results(baseline, metrics["baseline"], valid), *trained.values()]
 
     with atomic_dir(REPORT_DIR) as out:
         figures.training_curves(
             {name: read_history(f"plots/{name}.tsv") for name in TRAINED},
-            {f"baseline {k.upper()}": metrics["baseline"][k]["accuracy"] for k in ("l1", "l2")},
+            {f"baseline {k.upper()}": metrics["baseline"][k] for k in ("l1", "l2")},
+            {name: trained[name].settings["loss"] for name in TRAINED},
             out / FIGURES["curves"])
         figures.mean_images(baseline["means"][targets_in_digit_order(digits)], digits,
                             out / FIGURES["means"])
         figures.confusion_matrices(
-            {r.name: confusion_by_digit(r, valid, digits) for r in results}, digits,
-            out / FIGURES["confusion"])
-        weights = models["linear"][0].weight.detach()
+            {r.name: confusion_by_digit(r, valid, digits) for r in results},
+            {r.name: r.metrics["accuracy"] for r in results}, digits, out / FIGURES["confusion"])
+        initial, weights = linear_weights_before_and_after("models/linear.pt")
         titles = ([f"output: {digits[0]} (+) vs {digits[1]} (−)"] if len(weights) == 1
                   else [f"output for {d}" for d in names])
-        figures.linear_weights(weights, titles, out / FIGURES["weights"])
-        figures.worst_mistakes(
-            {r.name: worst_mistakes(r, valid, names, params.report.worst_mistakes)
-             for r in results}, out / FIGURES["mistakes"])
+        figures.linear_weights(initial, weights, titles, out / FIGURES["weights"])
+        figures.worst_mistakes(  # the trained models: the baselines give no probabilities
+            {name: worst_mistakes(r, valid, names, params.report.worst_mistakes)
+             for name, r in trained.items()}, out / FIGURES["mistakes"])
         figures.one_cycle_schedule(trained["cnn"].settings["hypers"], out / FIGURES["schedule"])
         write_text(out / "report.md", render_markdown(meta, results, metrics, FIGURES))
     print(f"report: {REPORT_DIR}/report.md and {len(FIGURES)} figures", file=sys.stderr)

@@ -10,7 +10,8 @@ from torch import nn
 
 from stages.lib.errors import UserError
 from stages.lib.learner import (Learner, TrainingDiverged, bce_loss, confidence,
-                                cross_entropy_loss, loss_function, mnist_loss, predict)
+                                cross_entropy_loss, loss_function, mnist_loss, predict,
+                                true_class_loss)
 from stages.lib.models import book_init_, build_model, load_checkpoint, save_checkpoint
 from stages.lib.optim import SGD
 from stages.lib.training import live_log, loss_name
@@ -65,6 +66,19 @@ def test_predict_and_confidence():
     assert predict(torch.tensor([[2.0], [-1.0], [0.0]])).tolist() == [1, 0, 0]
     assert predict(torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])).tolist() == [1, 0]
     assert confidence(torch.tensor([[0.0], [-100.0]])).tolist() == pytest.approx([0.5, 1.0])
+
+
+
+def test_true_class_loss_ranks_mistakes_that_p_rounds_to_one():
+    logits, targets = torch.tensor([[0.3, -1.0, 2.0], [1.0, 0.0, 0.5]]), torch.tensor([2, 1])
+    assert true_class_loss(logits, targets).tolist() == pytest.approx(
+        nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
+    # One logit: the sigmoid's target 1, the rest target 0. Two mistakes both shown as
+    # p 1.000 of the wrong class, 9 and 30 logits deep: their losses still tell them apart.
+    one = torch.tensor([[9.0], [-30.0], [-2.0]])
+    assert confidence(one[:2]).tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert true_class_loss(one, torch.tensor([0, 1, 0])).tolist() == pytest.approx(
+        [9.0001, 30.0, 0.126928], abs=1e-4)
 
 
 # --- the Learner ---------------------------------------------------------------------------

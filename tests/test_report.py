@@ -40,18 +40,18 @@ def test_book_figure_only_for_the_books_data_and_settings():
 def hand_result(preds, scores):
     return ModelResult("m", "m", {"accuracy": 0.5, "balanced_accuracy": 0.5,
                                   "per_class": {"3": 0.5, "7": 0.5}},
-                       torch.tensor(preds), torch.tensor(scores), "p", {})
+                       torch.tensor(preds), torch.tensor(scores), "loss", {})
 
 
 def test_worst_mistakes_are_the_most_confident_wrong_ones():
     valid = Split(torch.arange(5, dtype=torch.uint8)[:, None, None].expand(5, 28, 28),
                   torch.tensor([1, 1, 0, 0, 1]))
-    result = hand_result([0, 1, 1, 0, 0], [0.6, 0.99, 0.9, 0.8, 0.7])
+    result = hand_result([0, 1, 1, 0, 0], [6.0, 0.01, 9.0, 0.2, 7.0])
     mistakes = worst_mistakes(result, valid, names=[7, 3], k=2)
-    # wrong: 0 (p .6), 2 (p .9), 4 (p .7) -> the two surest: 2 then 4
+    # wrong: 0 (loss 6), 2 (loss 9), 4 (loss 7) -> the two worst: 2 then 4
     assert [(int(img[0, 0]), true, pred) for img, true, pred, _ in mistakes] == \
         [(2, 7, 3), (4, 3, 7)]
-    assert mistakes[0][3] == "p 0.900"
+    assert mistakes[0][3] == "loss 9.00"
 
 
 def test_confusion_rows_follow_the_digits_order():

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display, no browser, no CDN
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from .files import atomic_open  # noqa: E402
@@ -26,10 +27,35 @@ def save(fig, path: Path, tight: bool = True) -> None:
     plt.close(fig)
 
 
-def training_curves(histories: dict[str, list[dict]], baselines: dict[str, float],
-                    path: Path) -> None:
-    """Validation accuracy and train/valid loss per epoch, baselines as horizontal lines."""
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+LOSS_NAMES = {"mnist": "the book's mnist_loss", "bce": "binary cross-entropy",
+              "cross_entropy": "cross-entropy"}
+
+
+def _outside_legend(ax) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+
+
+def _zoomed_accuracy_limits(finals: list[float]) -> tuple[float, float]:
+    """From just below the lowest final accuracy to just above the highest: where the models
+    differ, rather than 0.5 to 1 (the first epochs fall below and are cut off)."""
+    low = math.floor((min(finals) - 0.01) * 100) / 100
+    high = min(1.0, math.ceil((max(finals) + 0.005) * 100) / 100)
+    return max(0.0, min(low, high - 0.03)), high
+
+
+def loss_label(losses: dict[str, str]) -> str:
+    """Each model's own loss, one line per kind: "the book's mnist_loss (linear, mlp)"."""
+    by_loss: dict[str, list[str]] = {}
+    for model, loss in losses.items():
+        by_loss.setdefault(LOSS_NAMES.get(loss, loss), []).append(model)
+    return "\n".join(f"{loss} ({', '.join(models)})" for loss, models in by_loss.items())
+
+
+def training_curves(histories: dict[str, list[dict]], baselines: dict[str, dict],
+                    losses: dict[str, str], path: Path) -> None:
+    """Validation accuracy (zoomed on where the models end) and train/valid loss per epoch;
+    the baselines, which do not train, as horizontal lines at their accuracy."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(13, 4.4))
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         colour = MODEL_COLOURS.get(name)
@@ -40,13 +66,25 @@ def training_curves(histories: dict[str, list[dict]], baselines: dict[str, float
                      label=f"{name} train")
         loss_ax.plot(epochs, [r["valid_loss"] for r in rows], color=colour, linestyle="--",
                      marker=marker, mfc="none", label=f"{name} valid")
-    for (label, value), style in zip(baselines.items(), (":", "-.")):
-        acc_ax.axhline(value, color="grey", linestyle=style, label=f"{label} ({value:.4f})")
-    acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
-    loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss", yscale="log")
+    for (label, scores), style in zip(baselines.items(), (":", "-.")):
+        acc_ax.axhline(scores["accuracy"], color="grey", linestyle=style,
+                       label=f"{label}: {scores['accuracy']:.4f}\n"
+                             f"(balanced {scores['balanced_accuracy']:.4f})")
+    finals = [rows[-1]["valid_accuracy"] for rows in histories.values() if rows]
+    acc_ax.set_ylim(*_zoomed_accuracy_limits(
+        finals + [s["accuracy"] for s in baselines.values()]))
+    acc_ax.set(title="Validation accuracy (zoomed on the final values)", xlabel="epoch",
+               ylabel="accuracy")
+    loss_ax.set(title="Loss (log scale), each model its own", xlabel="epoch",
+                ylabel=loss_label(losses), yscale="log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    loss_ax.yaxis.set_major_formatter(plain)
+    loss_ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    loss_ax.yaxis.set_minor_formatter(plain)
     for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _outside_legend(ax)
     save(fig, path)
 
 
@@ -101,38 +139,58 @@ def mean_images(means: torch.Tensor, labels: list[int], path: Path) -> None:
     save(fig, path)
 
 
-def confusion_matrices(matrices: dict[str, torch.Tensor], labels: list[int],
-                       path: Path) -> None:
-    """One confusion matrix per model; rows are the true digit, columns the prediction."""
+def confusion_matrices(matrices: dict[str, torch.Tensor], accuracies: dict[str, float],
+                       labels: list[int], path: Path) -> None:
+    """One confusion matrix per model, titled with its accuracy; rows are the true digit,
+    columns the prediction."""
     n = len(labels)
-    size = 3.2 if n <= 3 else 4.6
-    cols = min(len(matrices), 2 if n > 3 else 4)
+    size = 3.4 if n <= 3 else 5.0
+    cols = min(len(matrices), 2 if n > 3 else 3)
     rows = math.ceil(len(matrices) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    # constrained: makes room for the two-line titles, which tight_layout let overlap.
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.4)),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat[len(matrices):]:
         ax.axis("off")
     for ax, (name, counts) in zip(axes.flat, matrices.items()):
         ax.imshow(counts, cmap="Blues")
-        ax.set(title=name, xlabel="predicted", ylabel="true", xticks=range(n),
-               yticks=range(n), xticklabels=labels, yticklabels=labels)
+        ax.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n),
+               xticklabels=labels, yticklabels=labels)
+        ax.set_title(f"{name}\naccuracy {accuracies[name]:.4f}", fontsize=11)
         top = counts.max().item()
         for (i, j), value in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(),
                                  counts.flatten().tolist()):
             ax.text(j, i, str(value), ha="center", va="center",
-                    fontsize=8 if n <= 3 else 6,
+                    fontsize=13 if n <= 3 else 8,
                     color="white" if value > top / 2 else "black")
-    save(fig, path)
+    save(fig, path, tight=False)
 
 
-def linear_weights(weights: torch.Tensor, titles: list[str], path: Path) -> None:
-    """Each output's 784 weights as a 28×28 image: red pushes towards, blue away."""
-    fig, axes = _image_grid(len(titles), max_cols=5, cell=2.4)
-    for ax, row, title in zip(axes, weights, titles):
-        limit = row.abs().max().item() or 1.0
-        shown = ax.imshow(row.view(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle("Linear model weights")
+def _weights_image(fig, ax, weights: torch.Tensor, title: str) -> None:
+    limit = weights.abs().max().item() or 1.0
+    shown = ax.imshow(weights.view(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+
+
+def linear_weights(initial: torch.Tensor, trained: torch.Tensor, titles: list[str],
+                   path: Path) -> None:
+    """Each output's 784 weights as a 28×28 image (red pushes towards the output, blue away).
+    What training learnt is the change from the initial weights: with the book's randn init
+    the trained weights are mostly that initial noise, so the change is drawn. For a single
+    output, the initial and trained weights are drawn beside it."""
+    learnt = trained - initial
+    if len(titles) == 1:
+        fig, axes = _image_grid(3, max_cols=3, cell=3.4)
+        panels = [(initial[0], "initial weights"), (trained[0], "trained weights"),
+                  (learnt[0], "learnt: trained − initial")]
+        fig.suptitle(f"Linear model, {titles[0]}")
+    else:
+        fig, axes = _image_grid(len(titles), max_cols=5, cell=3.0)
+        panels = [(row, title) for row, title in zip(learnt, titles)]
+        fig.suptitle("Linear model: what training learnt (trained − initial weights)")
+    for ax, (weights, title) in zip(axes, panels):
+        _weights_image(fig, ax, weights, title)
     save(fig, path)
 
 
@@ -144,30 +202,43 @@ def image_strip(images: list[torch.Tensor], pad: int = 4, fill: int = 0) -> torc
     return torch.cat(parts, dim=1)
 
 
+def _strips(rows: dict[str, list], per_strip: int) -> list[tuple[str, list]]:
+    """Each model's items cut into strips of `per_strip`, the model named on its first."""
+    strips = []
+    for name, items in rows.items():
+        chunks = [items[i:i + per_strip] for i in range(0, len(items), per_strip)] or [[]]
+        strips += [(name if i == 0 else "", chunk) for i, chunk in enumerate(chunks)]
+    return strips
+
+
 def worst_mistakes(rows: dict[str, list[tuple[torch.Tensor, int, int, str]]],
-                   path: Path) -> None:
-    """Per model, the wrong predictions it was most confident of: (image, true, pred, score)."""
-    n_cols = max((len(r) for r in rows.values()), default=1) or 1
-    width = 28 + 4
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(n_cols * 1.3, 6), len(rows) * 1.9),
+                   path: Path, per_strip: int = 6) -> None:
+    """Per model, its worst mistakes by loss: (image, true, pred, caption), `per_strip` to a
+    row so that the captions stay readable at the size a report is read at."""
+    strips = _strips(rows, per_strip)
+    width, strip_height = 28 + 6, 2.0
+    fig, axes = plt.subplots(len(strips), 1, figsize=(per_strip * 1.55 + 0.9,
+                                                      len(strips) * strip_height + 0.4),
                              squeeze=False)
-    for ax, (name, mistakes) in zip(axes[:, 0], rows.items()):
+    for ax, (name, mistakes) in zip(axes[:, 0], strips):
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(name, fontsize=9, fontweight="bold")
+        ax.set_ylabel(name, fontsize=11, fontweight="bold")
         for spine in ax.spines.values():
             spine.set_visible(False)
+        ax.set_xlim(-2, per_strip * width - 4)
         if not mistakes:
             ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)
             continue
-        ax.imshow(image_strip([m[0] for m in mistakes], fill=0), cmap="gray_r", vmin=0,
-                  vmax=255, extent=(0, len(mistakes) * width - 4, 28, 0))
-        ax.set_xlim(-2, n_cols * width - 2)
-        for i, (_, true, pred, score) in enumerate(mistakes):
-            ax.text(i * width + 14, -2, f"true {true}, pred {pred}\n{score}", ha="center",
-                    va="bottom", fontsize=6.5)
-    fig.suptitle("Most confident mistakes on the validation set")
+        ax.imshow(image_strip([m[0] for m in mistakes], pad=6, fill=0), cmap="gray_r", vmin=0,
+                  vmax=255, extent=(0, len(mistakes) * width - 6, 28, 0))
+        for i, (_, true, pred, caption) in enumerate(mistakes):
+            ax.text(i * width + 14, -2, f"true {true}, said {pred}\n{caption}", ha="center",
+                    va="bottom", fontsize=9)
+    fig.suptitle("Worst mistakes on the validation set, by loss (−log p of the true digit)",
+                 fontsize=11)
     # A fixed layout: tight_layout measures every text box and costs more than the drawing.
-    fig.subplots_adjust(left=0.08, right=0.99, top=1 - 0.55 / (len(rows) * 1.9), bottom=0.02,
-                        hspace=0.45)
+    height = len(strips) * strip_height + 0.4
+    fig.subplots_adjust(left=0.06, right=0.99, top=1 - 1.1 / height, bottom=0.01,
+                        hspace=0.55)
     save(fig, path, tight=False)

@@ -62,6 +62,16 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1)
 
 
+def true_class_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image, −log of the probability the model gives the true class. Unlike that
+    probability it does not round to 1.000 for the surest mistakes, so it can rank them."""
+    if logits.shape[1] == 1:
+        log_p = torch.stack([F.logsigmoid(-logits[:, 0]), F.logsigmoid(logits[:, 0])], dim=1)
+    else:
+        log_p = logits.log_softmax(dim=1)
+    return -log_p.gather(1, targets[:, None])[:, 0]
+
+
 def confidence(logits: torch.Tensor) -> torch.Tensor:
     """The probability the model gives its own prediction."""
     return probabilities(logits).max(dim=1).values

@@ -9,11 +9,11 @@ import torch
 
 from .book import book_figure, is_book_data
 from .dataset import Split, targets_in_digit_order
-from .learner import batched_logits, confidence, predict
+from .learner import batched_logits, predict, true_class_loss
 from .metrics import confusion_matrix
 from .models import load_checkpoint
 from .similarity import class_distances, nearest_margin
-from .training import as_inputs
+from .training import as_inputs, initial_model
 
 
 @dataclass
@@ -22,8 +22,8 @@ class ModelResult:
     key: str               # as in book.BOOK_FIGURES: "baseline_l1", "linear", ...
     metrics: dict          # the stage's metrics (accuracy, balanced_accuracy, per_class)
     preds: torch.Tensor    # predicted target per validation image
-    scores: torch.Tensor   # how sure the model was of each prediction
-    score_name: str        # what `scores` is ("p" or "margin")
+    scores: torch.Tensor   # how wrong each prediction is: the higher, the worse a mistake
+    score_name: str        # what `scores` is ("loss" or "margin")
     settings: dict         # what it was trained with, for the book lookup
 
 
@@ -37,12 +37,21 @@ def baseline_results(checkpoint: dict, metrics: dict, valid: Split) -> list[Mode
 
 
 def trained_result(name: str, checkpoint_path: Path, metrics: dict,
-                   valid: Split) -> tuple[ModelResult, torch.nn.Module]:
+                   valid: Split) -> ModelResult:
     model, checkpoint = load_checkpoint(checkpoint_path)
     logits = batched_logits(model, as_inputs(valid, torch.device("cpu"))[0])
     settings = {**checkpoint["training"], "hidden": checkpoint["config"]["hidden"]}
-    return ModelResult(name, name, metrics, predict(logits), confidence(logits), "p",
-                       settings), model
+    return ModelResult(name, name, metrics, predict(logits),
+                       true_class_loss(logits, valid.targets), "loss", settings)
+
+
+def linear_weights_before_and_after(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear model's weights as training started (rebuilt from the seed and init its
+    checkpoint records) and as it ended, one row of 784 per output."""
+    model, checkpoint = load_checkpoint(path)
+    training = checkpoint["training"]
+    start = initial_model(checkpoint["config"], training["seed"], training.get("init", "torch"))
+    return start[0].weight.detach(), model[0].weight.detach()
 
 
 def worst_mistakes(result: ModelResult, valid: Split, names: list[int], k: int):
@@ -50,7 +59,7 @@ def worst_mistakes(result: ModelResult, valid: Split, names: list[int], k: int):
     wrong = torch.nonzero(result.preds != valid.targets).flatten()
     order = wrong[result.scores[wrong].argsort(descending=True, stable=True)][:k]
     return [(valid.images[i], names[valid.targets[i]], names[result.preds[i]],
-             f"{result.score_name} {result.scores[i]:.3f}") for i in order.tolist()]
+             f"{result.score_name} {result.scores[i]:.2f}") for i in order.tolist()]
 
 
 def confusion_by_digit(result: ModelResult, valid: Split, digits: list[int]) -> torch.Tensor:

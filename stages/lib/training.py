@@ -68,6 +68,16 @@ def make_optimizer(name: str, cfg: TrainingParams, model: torch.nn.Module) -> Op
     return SGD(model.parameters(), lr=cfg.lr)
 
 
+def initial_model(config: dict, seed: int, init: str) -> torch.nn.Module:
+    """The model as training starts: seeded, then the book's randn init where asked. The
+    report rebuilds it from what a checkpoint records, to show what training changed."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    if init == "book":
+        book_init_(model)
+    return model
+
+
 @dataclass
 class Prepared:
     """A training stage's model and data, set up as the stage trains them."""
@@ -90,12 +100,8 @@ def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepa
     digits = meta["digits"]
     train, valid = load_split(TENSOR_DIR / "train.pt"), load_split(TENSOR_DIR / "valid.pt")
 
-    torch.manual_seed(params.base.seed)
     config = model_config(name, cfg, digits)
-    model = build_model(config)
-    if getattr(cfg, "init", "torch") == "book":
-        book_init_(model)
-    model.to(device)
+    model = initial_model(config, params.base.seed, getattr(cfg, "init", "torch")).to(device)
 
     (train_x, train_y), (valid_x, valid_y) = as_inputs(train, device), as_inputs(valid, device)
     generator = torch.Generator().manual_seed(params.base.seed) if cfg.shuffle else None
