@@ -10,7 +10,7 @@ import subprocess
 
 import yaml
 
-from tests.helpers import ROOT, read_json, run_module
+from tests.helpers import ROOT, env_with, read_json, run_module
 
 BOOK_PARAMS = {
     "download": {"data.source": "auto"},
@@ -95,8 +95,12 @@ def test_the_offline_fallback_is_repeated_and_other_data_has_no_book_column(ten_
 
 def test_make_run_ends_with_the_summary_and_make_metrics_prints_it():
     def commands(target):
-        result = subprocess.run(["make", "-n", "-o", ".venv/.installed-from-requirements",
-                                 target], cwd=ROOT, capture_output=True, text=True, check=True)
+        # Under `make test` this make is a sub-make: --no-print-directory keeps its
+        # "Entering directory" lines out, and the outer make's flags are dropped.
+        result = subprocess.run(["make", "-n", "--no-print-directory", "-o",
+                                 ".venv/.installed-from-requirements", target], cwd=ROOT,
+                                capture_output=True, text=True, check=True,
+                                env=env_with(MAKEFLAGS=None, MAKELEVEL=None, MFLAGS=None))
         return [line.lstrip("@") for line in result.stdout.splitlines()]
     assert commands("run")[-1] == "python -m stages.summary"
     assert commands("run").index("dvc repro") < len(commands("run")) - 1
