@@ -109,6 +109,11 @@ def pytest_collection_modifyitems(session, config, items):
             thread = threading.Thread(target=_prebuild, args=(root, name), daemon=True)
             thread.start()
             _PREBUILDS.append(thread)
+    # The book's run, one thread long, is what most tests wait for: the tests themselves
+    # (this thread, and what it starts) yield the CPU to it. On Linux a niceness is a
+    # thread's own, so the build threads just started, and their processes, keep theirs.
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 3)
 
 
 def pytest_sessionfinish(session):
