@@ -75,6 +75,14 @@ def experiment(seed: int, accuracies: dict[str, float], digits=("3", "7")) -> Ex
     return Experiment(name=f"seed-{seed}", params=params, metrics=metrics)
 
 
+def test_an_experiment_without_a_models_metrics_is_named_not_a_traceback():
+    broken = experiment(1, {"baseline": 0.9511, "linear": 0.97, "mlp": 0.985, "cnn": 0.996})
+    del broken.metrics["metrics/cnn.json"]  # as a queued run that failed leaves it
+    with pytest.raises(UserError, match=r"experiment seed-1 has no metrics/cnn.json: did it "
+                                        r"fail\? \(`dvc queue logs seed-1`\)"):
+        study_frame([broken])
+
+
 def test_summary_gives_mean_sd_range_and_the_book_per_model():
     exps = [experiment(0, {"baseline": 0.9511, "linear": 0.97, "mlp": 0.985, "cnn": 0.996}),
             experiment(1, {"baseline": 0.9511, "linear": 0.96, "mlp": 0.99, "cnn": 0.998}),

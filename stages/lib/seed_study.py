@@ -9,6 +9,7 @@ import math
 import pandas as pd
 
 from .book import book_figure
+from .errors import UserError
 from .experiments import Experiment
 from .models import TRAINED
 from .report import markdown_table
@@ -31,8 +32,10 @@ def seed_rows(exp: Experiment) -> list[dict]:
     rows = []
     for model, (path, metric) in MODELS.items():
         metrics = exp.metrics.get(path)
-        if not metrics:
-            raise ValueError(f"experiment {exp.name} has no {path}")
+        if not metrics:  # e.g. a queued run that failed, or one from before the CNN
+            raise UserError(f"experiment {exp.name} has no {path}: did it fail? "
+                            f"(`dvc queue logs {exp.name}`). Remove it with `dvc exp remove "
+                            f"{exp.name}` and run the study again")
         if model == "baseline_l1":
             metrics, settings = {**metrics["l1"], **metrics}, {}
         else:
