@@ -31,7 +31,8 @@ def main() -> None:
         save_split(train, out / "train.pt")
         save_split(valid, out / "valid.pt")
         write_json(out / "meta.json", {
-            "source": source, "digits": data.digits, "split": split,
+            "source": source, "requested": manifest.get("requested", source),
+            "digits": data.digits, "split": split,
             "target_digits": target_digits(data.digits),
             "n_train": len(train), "n_valid": len(valid), "counts": counts})
     print(f"tensorise: {source}, digits {data.digits}, split {split}: "

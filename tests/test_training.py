@@ -114,3 +114,8 @@ def test_all_ten_digits_train_and_report_every_digit(ten_digit_project):
     report = (project / "report/report.md").read_text()
     assert "| acc. 0 |" in report and "| acc. 9 |" in report
     assert "no book figure" in report
+    # The run fell back offline: the report says so before anything else (#10).
+    assert read_json(project / "data/tensors/meta.json")["requested"] == "auto"
+    assert report.splitlines()[2].startswith(
+        "> **WARNING: these numbers are from mnist-5k, the 5000-image sample the download "
+        "fell back to")

@@ -13,6 +13,7 @@ from .learner import batched_logits, predict, true_class_loss
 from .metrics import confusion_matrix
 from .models import load_checkpoint
 from .similarity import class_distances, nearest_margin
+from .sources import FALLBACK_WARNING, fell_back
 from .training import as_inputs, initial_model
 
 
@@ -129,8 +130,10 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
                  "These are not the book's data settings (MNIST 3s and 7s, MNIST test set as "
                  "validation), so there is no book figure to compare with.")
     digits = ", ".join(str(d) for d in meta["digits"])
+    warning = ([f"> **{FALLBACK_WARNING.replace(chr(10), ' ')}**"]
+               if fell_back(meta["source"], meta.get("requested")) else [])
     sections = [
-        "# MNIST basics: results",
+        "# MNIST basics: results", *warning,
         f"Digits {digits} from **{meta['source']}**, validation split **{meta['split']}** "
         f"({meta['n_train']} training and {meta['n_valid']} validation images).",
         "## Models", results_table(results, meta), book_note,

@@ -284,6 +284,18 @@ def acquire(source: str, out_dir: Path, mirrors: list[str]) -> Acquired:
     return load_local_folder(Path(source).expanduser(), out_dir)
 
 
+# Repeated where a fallback run's numbers are shown (the summary, the report's top).
+FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sample the "
+                    "download fell back to\nbecause full MNIST could not be had; they are not "
+                    "the book's. To get the full set:\n`dvc repro -f download` (online, or "
+                    "with MNIST_MIRRORS=/folder/with/the/four/gz/files),\nthen `make run`.")
+
+
+def fell_back(source: str, requested: str | None) -> bool:
+    """Whether data.source: auto ended with the offline sample rather than real MNIST."""
+    return source == "mnist-5k" and requested == "auto"
+
+
 def warn_fallback(err: Exception) -> None:
     bar = "!" * 78
     print(f"{bar}\nWARNING: full MNIST could not be downloaded, so this run uses mnist-5k\n"

@@ -12,6 +12,7 @@ import yaml
 
 from .book import book_figure, is_book_data
 from .errors import UserError
+from .sources import FALLBACK_WARNING, fell_back
 
 LOCK = Path("dvc.lock")
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
@@ -19,10 +20,6 @@ MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
           ("linear", "train_linear", "metrics/linear.json", "linear"),
           ("mlp", "train_mlp", "metrics/mlp.json", "mlp"),
           ("cnn", "train_cnn", "metrics/cnn.json", "cnn"))
-FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sample the "
-                    "download fell back to\nbecause full MNIST could not be had; they are not "
-                    "the book's. To get the full set:\n`dvc repro -f download` (online, or "
-                    "with MNIST_MIRRORS=/folder/with/the/four/gz/files),\nthen `make run`.")
 
 
 def locked_stages(lock: Path = LOCK) -> dict:
@@ -103,7 +100,7 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
         lines.append(text_table(["model", "accuracy", "balanced"], [r[:3] for r in rows]))
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
-    if meta["source"] == "mnist-5k" and meta["requested"] == "auto":
+    if fell_back(meta["source"], meta["requested"]):
         lines += ["", FALLBACK_WARNING]
     lines += ["", "Details: report/report.md; per metric: dvc metrics show"]
     return "\n".join(lines)
