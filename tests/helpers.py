@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from stages.lib.experiments import DVC
+
 ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST files: ../shared/mnist beside the checkout, or MNIST_TEST_DATA (the GitHub
 # workflow points it at what `dvc repro download` fetched).
@@ -37,7 +39,6 @@ TEN_DIGITS = {"data.digits": list(range(10)), "data.split": "official",
 # steps at batch 128: too few for lr 0.1 (0.30 accuracy); batch 64 at lr 0.01 reaches 0.93.
 TEN_DIGITS_5K = {**TEN_DIGITS, "data.source": "auto", "data.split": "auto",
                  "train_cnn.lr": 0.01, "train_cnn.batch_size": 64}
-DVC = str(Path(sys.executable).parent / "dvc")  # this venv's
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvc/.gitignore",
                  ".dvc/plots", ".dvcignore", ".gitignore")
 

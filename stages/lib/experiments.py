@@ -11,6 +11,10 @@ from pathlib import Path
 
 from .errors import UserError
 
+# The dvc beside this python (the project's venv), whatever PATH says; PATH's otherwise.
+_BESIDE = Path(sys.executable).parent / "dvc"
+DVC = str(_BESIDE) if _BESIDE.exists() else "dvc"
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -21,10 +25,7 @@ class Experiment:
 
 def dvc(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
     """Run a dvc command in the current project; a failure is a UserError with its output."""
-    # The dvc beside this python: the project's venv, whatever PATH says.
-    beside = Path(sys.executable).parent / "dvc"
-    command = [str(beside) if beside.exists() else "dvc", *args]
-    result = subprocess.run(command, capture_output=capture, text=True)
+    result = subprocess.run([DVC, *args], capture_output=capture, text=True)
     if result.returncode != 0:
         output = f":\n{result.stdout}{result.stderr}".rstrip() if capture else ""
         raise UserError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}){output}")
