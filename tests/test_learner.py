@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from stages.lib.errors import UserError
-from stages.lib.learner import (Learner, TrainingDiverged, bce_loss, confidence,
-                                cross_entropy_loss, loss_function, mnist_loss, predict,
+from stages.lib.learner import (Learner, TrainingDiverged, bce_loss, cross_entropy_loss,
+                                loss_function, mnist_loss, predict, probabilities,
                                 true_class_loss)
 from stages.lib.models import book_init_, build_model, load_checkpoint, save_checkpoint
 from stages.lib.optim import SGD
@@ -62,10 +62,15 @@ def test_loss_choice():
     assert loss_function(loss_name("cnn", book, 2)) is cross_entropy_loss
 
 
-def test_predict_and_confidence():
+def surest(logits):
+    """The probability a model gives its own prediction."""
+    return probabilities(logits).max(dim=1).values
+
+
+def test_predict_and_the_probability_of_the_prediction():
     assert predict(torch.tensor([[2.0], [-1.0], [0.0]])).tolist() == [1, 0, 0]
     assert predict(torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])).tolist() == [1, 0]
-    assert confidence(torch.tensor([[0.0], [-100.0]])).tolist() == pytest.approx([0.5, 1.0])
+    assert surest(torch.tensor([[0.0], [-100.0]])).tolist() == pytest.approx([0.5, 1.0])
 
 
 
@@ -76,7 +81,7 @@ def test_true_class_loss_ranks_mistakes_that_p_rounds_to_one():
     # One logit: the sigmoid's target 1, the rest target 0. Two mistakes both shown as
     # p 1.000 of the wrong class, 9 and 30 logits deep: their losses still tell them apart.
     one = torch.tensor([[9.0], [-30.0], [-2.0]])
-    assert confidence(one[:2]).tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert surest(one[:2]).tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
     assert true_class_loss(one, torch.tensor([0, 1, 0])).tolist() == pytest.approx(
         [9.0001, 30.0, 0.126928], abs=1e-4)
 

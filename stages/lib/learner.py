@@ -72,11 +72,6 @@ def true_class_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return -log_p.gather(1, targets[:, None])[:, 0]
 
 
-def confidence(logits: torch.Tensor) -> torch.Tensor:
-    """The probability the model gives its own prediction."""
-    return probabilities(logits).max(dim=1).values
-
-
 @torch.no_grad()
 def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """The model's outputs for x in evaluation mode, a batch at a time to bound memory."""
