@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .book import book_figure, is_book_data
+from .book import book_figure, figure_text, is_book_data
 from .dataset import Split, targets_in_digit_order
 from .learner import batched_logits, predict, true_class_loss
 from .metrics import confusion_matrix
@@ -80,15 +80,6 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
 
 
-def _book_cell(figure: dict | None) -> str:
-    if figure is None:
-        return "—"
-    if "accuracy" in figure:
-        return f"{figure['accuracy']:.4f}"
-    per_class = ", ".join(f"{d}: {v:.4f}" for d, v in figure["per_class"].items())
-    return f"{figure['balanced_accuracy']:.4f} balanced ({per_class})"
-
-
 def results_table(results: list[ModelResult], meta: dict) -> str:
     digits = [str(d) for d in meta["digits"]]
     book = is_book_data(meta)
@@ -99,7 +90,7 @@ def results_table(results: list[ModelResult], meta: dict) -> str:
         cells = [r.name, f"{r.metrics['accuracy']:.4f}", f"{r.metrics['balanced_accuracy']:.4f}",
                  *(f"{r.metrics['per_class'][d]:.4f}" for d in digits)]
         if book:
-            cells.append(_book_cell(book_figure(r.key, r.settings, meta)))
+            cells.append(figure_text(book_figure(r.key, r.settings, meta)))
         rows.append(cells)
     return markdown_table(header, rows)
 

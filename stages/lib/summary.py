@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .book import book_figure, is_book_data
+from .book import book_figure, figure_text, is_book_data
 from .errors import UserError
 from .sources import FALLBACK_WARNING, fell_back
 
@@ -70,16 +70,8 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
         scores = metrics[stage]["l1"] if stage == "baseline" else metrics[stage]
         figure = book_figure(key, settings(stage_params(stages, stage), stage), meta)
         rows.append([name, f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}",
-                     _book_cell(figure)])
+                     figure_text(figure, per_class=False)])
     return meta, rows
-
-
-def _book_cell(figure: dict | None) -> str:
-    if figure is None:
-        return "—"
-    if "accuracy" in figure:
-        return f"{figure['accuracy']:.4f}"
-    return f"{figure['balanced_accuracy']:.4f} balanced"
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
