@@ -168,8 +168,13 @@ def run(project: Path, *command: str, mirrors: str | None = None, check: bool = 
         command = (DVC, *command[1:])
     result = subprocess.run(command, cwd=project, capture_output=True, text=True,
                             env=env_with(mirrors, **extra_env))
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+    return checked(result) if check else result
+
+
+def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`result`, or an AssertionError with its output when it failed."""
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(result.args)} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
 
@@ -201,10 +206,7 @@ def run_module(project: Path, module: str, *args: str,
         os.chdir(cwd)
     result = subprocess.CompletedProcess(["python", "-m", module, *args], code,
                                          out.getvalue(), err.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"python -m {module} failed ({code}):\n{result.stdout}\n"
-                             f"{result.stderr}")
-    return result
+    return checked(result) if check else result
 
 
 def _exit_status(main: Callable[[], object]) -> int:
@@ -223,11 +225,11 @@ def _exit_status(main: Callable[[], object]) -> int:
 
 
 def run_pipeline_project(project: Path, params: dict, mirrors: str | None = None,
-                         niceness: int = 0, **extra_env: str | None):
+                         niceness: int = 0):
     """`dvc repro` in a new project; a positive `niceness` gives it the CPU others leave."""
     make_project(project, params)
     nice = ("nice", "-n", str(niceness)) if niceness else ()
-    return run(project, *nice, DVC, "repro", mirrors=mirrors, **extra_env)
+    return run(project, *nice, DVC, "repro", mirrors=mirrors)
 
 
 def read_json(path: Path):
