@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from stages.lib.experiments import DVC
+from stages.lib.files import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST files: ../shared/mnist beside the checkout, or MNIST_TEST_DATA (the GitHub
@@ -143,11 +143,19 @@ def make_project(project: Path, params: dict | None = None) -> Path:
 def set_params(project: Path, updates: dict) -> None:
     """Set dotted keys in the project's params.yaml, e.g. {"train_mlp.lr": 0.5}."""
     path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = read_yaml(path, "params")
     for dotted, value in updates.items():
         section, key = dotted.split(".")
         params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    write_yaml(path, params)
+
+
+def write_yaml(path: Path, data) -> None:
+    """Write YAML as DVC would (ruamel.yaml), keys in their order."""
+    from ruamel.yaml import YAML
+
+    with open(path, "w") as handle:
+        YAML(typ="safe", pure=True).dump(data, handle)
 
 
 def env_with(mirrors: str | None = None, **extra: str | None) -> dict[str, str]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
 
 from stages.lib.errors import UserError
+from stages.lib.files import parse_yaml, read_yaml
 from stages.lib.params import load_params, validate_params
 from tests.helpers import ROOT
 
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DEFAULTS = read_yaml(ROOT / "params.yaml", "params")
 
 
 def with_change(dotted: str, value) -> dict:
@@ -82,10 +82,49 @@ def test_wrong_types_are_rejected_not_coerced(dotted, value):
     assert dotted in error_for(with_change(dotted, value))
 
 
-@pytest.mark.parametrize("value, expected", [("1e-3", 0.001), (1, 1.0), (0.5, 0.5)])
-def test_learning_rate_accepts_yaml_exponents_and_ints(value, expected):
-    # PyYAML reads `1e-3` (no dot) as a string; the schema takes it as the number it is.
-    assert validate_params(with_change("train_mlp.lr", value)).train_mlp.lr == expected
+def params_text_with(tmp_path, line_from: str, line_to: str):
+    """The project's params.yaml with one line replaced, loaded as a stage loads it."""
+    text = (ROOT / "params.yaml").read_text()
+    assert line_from in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(line_from, line_to, 1))
+    return path
+
+
+@pytest.mark.parametrize("spelling, expected", [
+    ("010", 10),        # YAML 1.1 (PyYAML) reads octal 8; DVC, and so the stages, read 10
+    ("0o10", 8), ("0x10", 16), ("1_000", 1000), ("7", 7)])
+def test_seed_is_read_as_yaml_1_2_reads_it(tmp_path, spelling, expected):
+    path = params_text_with(tmp_path, "seed: 42", f"seed: {spelling}")
+    assert load_params(path).base.seed == expected
+
+
+@pytest.mark.parametrize("spelling, expected", [
+    ("1e-3", 0.001), ("5e-1", 0.5), ("1", 1.0), ("0.5", 0.5), (".5", 0.5)])
+def test_learning_rate_is_read_as_yaml_1_2_reads_it(tmp_path, spelling, expected):
+    path = params_text_with(tmp_path, "lr: 1.0", f"lr: {spelling}")
+    assert load_params(path).train_linear.lr == expected
+
+
+@pytest.mark.parametrize("spelling", ["'0.1'", '"1e-3"', "1:30", "0.1.2"])
+def test_a_learning_rate_yaml_reads_as_a_string_is_a_type_error(tmp_path, spelling):
+    path = params_text_with(tmp_path, "lr: 1.0", f"lr: {spelling}")
+    with pytest.raises(UserError, match=r"train_linear\.lr: Input should be a valid number"):
+        load_params(path)
+
+
+def test_a_duplicate_key_is_an_error_naming_it(tmp_path):
+    path = params_text_with(tmp_path, "seed: 42", "seed: 42\n  seed: 7")
+    with pytest.raises(UserError, match=r'duplicate key "seed".*\(line 6, column 3\)'):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text", [
+    "a: 010", "a: 1e-3", "a: 0o10", "a: yes", "a: on", "a: 08", "a: 1:30", "a: ~",
+    "a: [1, 2]", "a: {b: .5}", "a: 2026-01-01", "a: 0b11", "a: !!str 5"])
+def test_yaml_is_parsed_exactly_as_dvc_parses_params(text):
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+    assert parse_yaml(text, "params") == dvc_parse_yaml(text, "params.yaml")
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", float("inf")])

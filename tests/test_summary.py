@@ -8,9 +8,8 @@ import json
 import re
 import subprocess
 
-import yaml
 
-from tests.helpers import ROOT, env_with, read_json, run_module
+from tests.helpers import ROOT, env_with, read_json, run_module, write_yaml
 
 BOOK_PARAMS = {
     "download": {"data.source": "auto"},
@@ -49,7 +48,7 @@ def write_run(folder, params=BOOK_PARAMS, common=COMMON):
             path.write_text(json.dumps(metrics[name]))
             stages[stage]["outs"].append({"path": f"metrics/{name}.json", "hash": "md5",
                                           "md5": hashlib.md5(path.read_bytes()).hexdigest()})
-    (folder / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    write_yaml(folder / "dvc.lock", {"schema": "2.0", "stages": stages})
 
 
 def table(output: str) -> dict[str, list[str]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import yaml
 
 from stages.lib.errors import UserError
+from stages.lib.files import read_yaml
 from stages.lib.experiments import Experiment
 from stages.lib.params import validate_params
 from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
@@ -51,7 +51,7 @@ def test_queue_workers_are_found_by_their_command_line():
 @pytest.mark.parametrize("value, ok", [("auto", True), (1, True), (16, True), (0, False),
                                        ("all", False), (1.5, False), (True, False)])
 def test_base_threads_is_validated(value, ok):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml(ROOT / "params.yaml", "params")
     raw["base"]["threads"] = value
     if ok:
         assert validate_params(raw).base.threads == value
@@ -63,7 +63,7 @@ def test_base_threads_is_validated(value, ok):
 # --- the seed study's summary ------------------------------------------------------------------
 
 def experiment(seed: int, accuracies: dict[str, float], digits=("3", "7")) -> Experiment:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_yaml(ROOT / "params.yaml", "params")
     params["base"]["seed"] = seed
     data = {"source": "mnist", "split": "official", "threads": 1,
             "per_class": {d: 0.9 for d in digits}}

@@ -74,6 +74,36 @@ def read_json(path: str | os.PathLike, what: str):
         raise UserError(f"{what} at {path} is not valid JSON ({err})") from None
 
 
+def parse_yaml(text: str, what: str):
+    """Parse YAML exactly as DVC does (ruamel.yaml's safe loader: YAML 1.2, duplicate keys
+    rejected), so a value here is the value `dvc params show` prints: `010` is 10, `1e-3`
+    a float, `yes` a string."""
+    from ruamel.yaml import YAML, YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as err:
+        raise UserError(f"{what} is not valid YAML: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err) -> str:
+    """ruamel's message in one line: the problem and where (its full text ends in a link)."""
+    problem = getattr(err, "problem", None) or str(err).split("\n")[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{problem}{where}"
+
+
+def read_yaml(path: str | os.PathLike, what: str):
+    """Read a YAML file (params.yaml, dvc.lock); a missing or broken one is a UserError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found at {path}") from None
+    return parse_yaml(text, str(path))
+
+
 def file_digests(path: str | os.PathLike) -> dict[str, str]:
     """md5 and sha256 of a file in one pass."""
     md5, sha256 = hashlib.md5(), hashlib.sha256()

@@ -11,29 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat,
                       StrictInt, ValidationError, field_validator)
 
 from .errors import UserError
+from .files import read_yaml
 
 PARAMS_FILE = "params.yaml"
 NAMED_SOURCES = ("auto", "mnist", "mnist-5k")
 
 
-def _yaml_float(value: object) -> object:
-    """Accept `1e-3`: PyYAML reads exponents without a dot as strings (YAML 1.1)."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+def _int_as_float(value: object) -> object:
+    """`lr: 1` is the float 1.0; a string ("0.1", or `1:30`) stays a string and fails."""
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
 
-Float = Annotated[StrictFloat, Field(allow_inf_nan=False), BeforeValidator(_yaml_float)]
+Float = Annotated[StrictFloat, Field(allow_inf_nan=False), BeforeValidator(_int_as_float)]
 PositiveFloat = Annotated[Float, Field(gt=0)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
@@ -146,14 +141,11 @@ def validate_params(raw: object, origin: str = PARAMS_FILE) -> Params:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml read as DVC reads it (YAML 1.2), then validated."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found; run the stages from the project root") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {err}") from None
-    return validate_params(raw, str(path))
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the stages from the project root")
+    return validate_params(read_yaml(path, "params"), str(path))
 
 
 if __name__ == "__main__":

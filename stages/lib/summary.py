@@ -8,10 +8,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import yaml
-
 from .book import book_figure, figure_text, is_book_data
 from .errors import UserError
+from .files import read_yaml
 from .sources import FALLBACK_WARNING, fell_back
 
 LOCK = Path("dvc.lock")
@@ -25,7 +24,7 @@ MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
 def locked_stages(lock: Path = LOCK) -> dict:
     if not lock.is_file():
         raise UserError(f"{lock} not found: no pipeline run to summarise; run `dvc repro`")
-    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return (read_yaml(lock, "dvc.lock") or {}).get("stages", {})
 
 
 def stage_params(stages: dict, stage: str) -> dict:
