@@ -21,8 +21,7 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-run: $(STAMP)  ## check params.yaml, run the pipeline (dvc repro), print each model's accuracy
-	python -m stages.lib.params
+run: $(STAMP)  ## run the pipeline (dvc repro), print each model's accuracy
 	dvc repro
 	@echo
 	@python -m stages.summary

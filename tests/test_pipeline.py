@@ -40,6 +40,19 @@ def test_second_repro_runs_nothing(book_copy):
     assert "Data and pipelines are up to date." in result.stdout
 
 
+def test_exp_run_cannot_add_a_misspelt_key(book_copy):
+    # DVC's own hint after `-S train_mlp.lrr=0.5` is to force it with '+'.
+    before = {p: (book_copy / p).read_bytes() for p in ("data/tensors/meta.json",
+                                                         "metrics/mlp.json")}
+    result = run(book_copy, "dvc", "exp", "run", "-S", "+train_mlp.lrr=0.5", check=False)
+    assert result.returncode != 0
+    assert "train_mlp.lrr: unknown key" in result.stderr
+    assert stages_run(result.stdout) == ["check_params"]
+    assert "exp" not in run(book_copy, "dvc", "exp", "list").stdout
+    for path, data in before.items():
+        assert (book_copy / path).read_bytes() == data, path
+
+
 def test_changing_digits_reruns_tensorise_but_not_download(book_project, tmp_path):
     project = copy_project(book_project[0], tmp_path / "copy")
     set_params(project, {"data.digits": [4, 9]})

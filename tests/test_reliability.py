@@ -132,7 +132,7 @@ def test_two_queued_experiments_run_in_parallel_correctly(book_copy, monkeypatch
     # comes from DVC's run cache.
     alone = run(book_copy, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5",
                 OMP_NUM_THREADS=str(max(1, cores // 2)))
-    assert stages_run(alone.stdout) == ["train_mlp"], alone.stdout
+    assert stages_run(alone.stdout) == ["check_params", "train_mlp"], alone.stdout
     assert "Stage 'report' is cached - skipping run" in alone.stdout, alone.stdout
     assert read_json(book_copy / "metrics/mlp.json") == parallel[0.5]
     assert parallel[0.05]["accuracy"] != parallel[0.5]["accuracy"]

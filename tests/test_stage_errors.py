@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.helpers import make_project, read_json, run, run_module, run_stage, set_params
+from tests.helpers import (make_project, read_json, run, run_module, run_stage, set_params,
+                           stages_run)
 
 
 @pytest.fixture
@@ -89,8 +90,15 @@ def test_tensorise_before_download(project):
     assert_user_error(run_module(project, "stages.tensorise"), "the download manifest not found")
 
 
-def test_params_check_catches_a_hand_typo_dvc_would_not_rerun_for(project):
+def test_dvc_repro_fails_on_a_hand_typo_no_stage_would_rerun_for(project):
+    # `report.worst_mistakess`: no stage lists it, so without the check_params stage DVC
+    # would rerun nothing and exit 0. The check runs first: no data is fetched.
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(
-        "  lr: 0.1", "  lr: 0.1\n  lrr: 0.5"))
-    result = run(project, sys.executable, "-m", "stages.lib.params", check=False)
-    assert_user_error(result, "train_mlp.lrr: unknown key")
+        "worst_mistakes: 12", "worst_mistakes: 12\n  worst_mistakess: 6"))
+    result = run(project, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "error in stage 'check_params'" in result.stderr
+    assert "report.worst_mistakess: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stages_run(result.stdout) == ["check_params"]
+    assert not (project / "data").exists()

@@ -149,9 +149,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 
 
 if __name__ == "__main__":
-    # `python -m stages.lib.params`: check params.yaml on its own. `make run` does this first,
-    # because DVC reruns only the stages whose listed keys changed, so a misspelt key added
-    # by hand would otherwise go unnoticed until a stage reading that section runs.
+    # The `check_params` stage: dvc.yaml lists every key of params.yaml for it, so any edit
+    # reruns this check, including keys no stage lists (a typo, or `-S '+key=value'`), which
+    # would otherwise rerun nothing and go unnoticed.
     from .errors import run_stage
 
-    run_stage("params", load_params)
+    run_stage("check_params", load_params)
