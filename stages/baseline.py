@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from stages.lib.dataset import load_split
+from stages.lib.dataset import load_tensors
 from stages.lib.errors import run_stage
-from stages.lib.files import read_json, write_json
+from stages.lib.files import write_json
 from stages.lib.metrics import classification_metrics
 from stages.lib.params import load_params
+from stages.lib.provenance import metrics_origin
 from stages.lib.similarity import DISTANCES, class_means, predict_nearest, save_means
 from stages.lib.threads import use_threads
 
-TENSOR_DIR = "data/tensors"
+CHECKPOINT = "models/baseline.pt"
 
 
 def main() -> None:
     threads = use_threads(load_params().base.threads)
-    meta = read_json(f"{TENSOR_DIR}/meta.json", "the tensorise metadata")
+    meta, train, valid = load_tensors()
     digits = meta["digits"]
-    train, valid = load_split(f"{TENSOR_DIR}/train.pt"), load_split(f"{TENSOR_DIR}/valid.pt")
 
     means = class_means(train.images, train.targets, len(digits))
     metrics = {kind: classification_metrics(predict_nearest(valid.images, means, kind),
@@ -28,8 +28,8 @@ def main() -> None:
     metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"],
                    split=meta["split"], threads=threads.count)
 
-    save_means("models/baseline.pt", means, digits, meta["target_digits"])
-    write_json("metrics/baseline.json", metrics)
+    save_means(CHECKPOINT, means, meta)
+    write_json("metrics/baseline.json", {**metrics, **metrics_origin(meta, CHECKPOINT)})
     for kind in DISTANCES:
         print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "
               f"{metrics[kind]['balanced_accuracy']}, per class {metrics[kind]['per_class']}",

@@ -5,17 +5,15 @@ from __future__ import annotations
 import sys
 
 from stages.lib import figures
-from stages.lib.dataset import load_split, targets_in_digit_order
+from stages.lib.dataset import load_tensors, targets_in_digit_order
 from stages.lib.errors import run_stage
-from stages.lib.files import atomic_dir, read_json, write_text
+from stages.lib.files import atomic_dir, write_text
 from stages.lib.models import TRAINED
 from stages.lib.params import load_params
 from stages.lib.report import (baseline_results, confusion_by_digit,
-                               linear_weights_before_and_after, render_markdown,
-                               trained_result, worst_mistakes)
-from stages.lib.similarity import load_means
+                               linear_weights_before_and_after, read_model_outputs,
+                               render_markdown, trained_result, worst_mistakes)
 from stages.lib.threads import use_threads
-from stages.lib.training import read_history
 
 REPORT_DIR = "report"
 FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_images.png",
@@ -27,20 +25,17 @@ FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_image
 def main() -> None:
     params = load_params()
     use_threads(params.base.threads)
-    meta = read_json("data/tensors/meta.json", "the tensorise metadata")
+    meta, _, valid = load_tensors()
     digits, names = meta["digits"], meta["target_digits"]
-    valid = load_split("data/tensors/valid.pt")
-    metrics = {name: read_json(f"metrics/{name}.json", f"the {name} metrics")
-               for name in ("baseline", *TRAINED)}
-    baseline = load_means("models/baseline.pt")
+    baseline, models, metrics, histories = read_model_outputs(meta)
 
-    trained = {name: trained_result(name, f"models/{name}.pt", metrics[name], valid)
+    trained = {name: trained_result(name, *models[name], metrics[name], valid)
                for name in TRAINED}
     results = [*baseline_results(baseline, metrics["baseline"], valid), *trained.values()]
 
     with atomic_dir(REPORT_DIR) as out:
         figures.training_curves(
-            {name: read_history(f"plots/{name}.tsv") for name in TRAINED},
+            histories,
             {f"baseline {k.upper()}": metrics["baseline"][k] for k in ("l1", "l2")},
             {name: trained[name].settings["loss"] for name in TRAINED},
             out / FIGURES["curves"])
@@ -49,7 +44,7 @@ def main() -> None:
         figures.confusion_matrices(
             {r.name: confusion_by_digit(r, valid, digits) for r in results},
             {r.name: r.metrics["accuracy"] for r in results}, digits, out / FIGURES["confusion"])
-        initial, weights = linear_weights_before_and_after("models/linear.pt")
+        initial, weights = linear_weights_before_and_after(*models["linear"])
         titles = ([f"output: {digits[0]} (+) vs {digits[1]} (−)"] if len(weights) == 1
                   else [f"output for {d}" for d in names])
         figures.linear_weights(initial, weights, titles, out / FIGURES["weights"])

@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stages.lib.dataset import (build_splits, check_digits_available, check_no_empty_class,
-                                class_counts, resolve_split, save_split, target_digits)
+from stages.lib.dataset import (TENSOR_DIR, build_splits, check_digits_available,
+                                check_no_empty_class, class_counts, resolve_split, save_split,
+                                target_digits, tensors_fingerprint)
 from stages.lib.errors import run_stage
 from stages.lib.files import atomic_dir, read_json, write_json
 from stages.lib.params import load_params
 
 RAW_DIR = Path("data/raw")
-TENSOR_DIR = Path("data/tensors")
 
 
 def main() -> None:
@@ -27,13 +27,14 @@ def main() -> None:
     counts = {"train": class_counts(train, data.digits), "valid": class_counts(valid, data.digits)}
     check_no_empty_class(counts)
 
+    targets = target_digits(data.digits)
     with atomic_dir(TENSOR_DIR) as out:
         save_split(train, out / "train.pt")
         save_split(valid, out / "valid.pt")
         write_json(out / "meta.json", {
             "source": source, "requested": manifest.get("requested", source),
-            "digits": data.digits, "split": split,
-            "target_digits": target_digits(data.digits),
+            "digits": data.digits, "split": split, "target_digits": targets,
+            "tensors": tensors_fingerprint(train, valid, data.digits, targets),
             "n_train": len(train), "n_valid": len(valid), "counts": counts})
     print(f"tensorise: {source}, digits {data.digits}, split {split}: "
           f"train {counts['train']}, valid {counts['valid']}", file=sys.stderr)

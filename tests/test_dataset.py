@@ -8,8 +8,10 @@ import torch
 from stages.lib.dataset import (Split, build_splits, check_digits_available,
                                 check_no_empty_class, class_counts, class_order, encode_targets,
                                 load_split, random_valid_mask, resolve_split, save_split,
-                                target_digits, targets_in_digit_order)
+                                load_tensors, target_digits, targets_in_digit_order,
+                                tensors_fingerprint)
 from stages.lib.errors import UserError
+from stages.lib.files import write_json
 from stages.lib.sources import _write_split
 from tests.helpers import tiny_digits
 
@@ -102,3 +104,43 @@ def test_loading_a_foreign_or_missing_tensor_file(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="not a tensor file this pipeline wrote"):
         load_split(tmp_path / "junk.pt")
+
+
+def saved_tensors(folder, train: Split, valid: Split, digits=(3, 7), targets=(7, 3)) -> dict:
+    folder.mkdir(exist_ok=True)
+    save_split(train, folder / "train.pt")
+    save_split(valid, folder / "valid.pt")
+    meta = {"digits": list(digits), "target_digits": list(targets),
+            "tensors": tensors_fingerprint(train, valid, list(digits), list(targets))}
+    write_json(folder / "meta.json", meta)
+    return meta
+
+
+def test_the_fingerprint_covers_pixels_targets_and_what_targets_mean():
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    train, valid = Split(images[:4], torch.tensor([0, 1, 0, 1])), Split(images[4:],
+                                                                        torch.tensor([1, 0]))
+    base = tensors_fingerprint(train, valid, [3, 7], [7, 3])
+    assert base == tensors_fingerprint(train, valid, [3, 7], [7, 3]) and len(base) == 16
+    one_pixel = images.clone()
+    one_pixel[5, 0, 0] ^= 1
+    changed = [tensors_fingerprint(train, Split(one_pixel[4:], valid.targets), [3, 7], [7, 3]),
+               tensors_fingerprint(train, Split(valid.images, torch.tensor([0, 1])), [3, 7],
+                                   [7, 3]),
+               tensors_fingerprint(train, valid, [4, 9], [9, 4]),
+               tensors_fingerprint(valid, train, [3, 7], [7, 3])]  # the splits swapped
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_tensors_that_are_not_the_ones_meta_describes_are_refused(tmp_path):
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    train, valid = Split(images[:4], torch.tensor([0, 1, 0, 1])), Split(images[4:],
+                                                                        torch.tensor([1, 0]))
+    meta = saved_tensors(tmp_path, train, valid)
+    loaded_meta, loaded_train, _ = load_tensors(tmp_path)
+    assert loaded_meta == meta and torch.equal(loaded_train.images, train.images)
+    # valid.pt from another run (one label differs) beside this run's meta.json
+    save_split(Split(valid.images, torch.tensor([0, 0])), tmp_path / "valid.pt")
+    with pytest.raises(UserError, match=r"valid.pt are not the tensors .*meta.json describes "
+                                        r".*rerun `dvc repro tensorise`"):
+        load_tensors(tmp_path)

@@ -192,9 +192,11 @@ def test_book_init_draws_std_one_normals():
 def test_checkpoint_round_trip(tmp_path):
     config = {"kind": "mlp", "n_outputs": 1, "hidden": [5]}
     model = build_model(config)
-    save_checkpoint(tmp_path / "m.pt", model, config, {"lr": 0.1}, [3, 7], [7, 3])
+    meta = {"digits": [3, 7], "target_digits": [7, 3], "tensors": "0123abcd", "n_train": 9}
+    save_checkpoint(tmp_path / "m.pt", model, config, {"lr": 0.1}, meta)
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt")
     assert checkpoint["config"] == config and checkpoint["digits"] == [3, 7]
+    assert checkpoint["target_digits"] == [7, 3] and checkpoint["tensors"] == "0123abcd"
     assert checkpoint["training"] == {"lr": 0.1}
     x = torch.rand(4, 784)
     assert torch.equal(loaded(x), model(x))
@@ -211,7 +213,8 @@ def test_missing_or_foreign_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "pickled.pt")
     good = {"kind": "linear", "n_outputs": 1}
     save_checkpoint(tmp_path / "bad.pt", build_model({"kind": "mlp", "n_outputs": 1,
-                                                      "hidden": [3]}), good, {}, [3, 7], [7, 3])
+                                                      "hidden": [3]}), good, {},
+                    {"digits": [3, 7], "target_digits": [7, 3], "tensors": "0123abcd"})
     with pytest.raises(UserError, match="weights do not fit"):
         load_checkpoint(tmp_path / "bad.pt")
 

@@ -77,6 +77,41 @@ def test_stage_interrupted_while_saving_tensors(tmp_path, monkeypatch):
     assert not [p.name for p in (project / "data").iterdir() if p.name.startswith(".")]
 
 
+def test_report_refuses_models_trained_on_other_tensors(book_copy):
+    # The case: new digits tensorised, then only the report rerun.
+    set_params(book_copy, {"data.digits": [4, 9]})
+    run(book_copy, "dvc", "repro", "-s", "tensorise")
+    report = (book_copy / "report/report.md").read_bytes()
+    result = run_module(book_copy, "stages.report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    tensors = read_json(book_copy / "data/tensors/meta.json")["tensors"]
+    assert f"data/tensors holds digits [4, 9] from mnist (tensors {tensors})" in result.stderr
+    for stage, files in {"baseline": ("models/baseline.pt", "metrics/baseline.json"),
+                         "train_mlp": ("models/mlp.pt", "metrics/mlp.json"),
+                         "train_cnn": ("models/cnn.pt", "metrics/cnn.json")}.items():
+        for file in files:
+            assert f"{file} was computed from tensors" in result.stderr
+            assert f"(stage {stage})" in result.stderr
+    assert "`dvc repro baseline train_linear train_mlp train_cnn`" in result.stderr
+    assert (book_copy / "report/report.md").read_bytes() == report  # the old one, whole
+
+    through_dvc = run(book_copy, "dvc", "repro", "-s", "report", check=False)
+    assert through_dvc.returncode != 0
+    assert "models/linear.pt was computed from tensors" in through_dvc.stderr
+
+
+def test_report_refuses_metrics_and_history_of_another_run(book_copy):
+    # A hand-copied metrics file: the right tensors, but not this checkpoint's numbers.
+    (book_copy / "metrics/mlp.json").write_bytes((book_copy / "metrics/linear.json").read_bytes())
+    result = run_module(book_copy, "stages.report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "metrics/mlp.json was not computed from models/mlp.pt (stage train_mlp)" \
+        in result.stderr
+    assert "plots/mlp.tsv is not the history of the run that wrote metrics/mlp.json" \
+        in result.stderr
+    assert "linear.pt" not in result.stderr and "`dvc repro train_mlp`" in result.stderr
+
+
 @pytest.mark.parametrize("swap", ["foreign", "missing", "garbage"])
 def test_report_refuses_a_missing_or_foreign_checkpoint(book_copy, swap):
     checkpoint = book_copy / "models/mlp.pt"
@@ -89,7 +124,7 @@ def test_report_refuses_a_missing_or_foreign_checkpoint(book_copy, swap):
     result = run_module(book_copy, "stages.report")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = {"foreign": "is not a checkpoint this pipeline wrote (expected keys",
-                "missing": "checkpoint models/mlp.pt not found; run `dvc repro` first",
+                "missing": "checkpoint models/mlp.pt not found; run `dvc repro train_mlp` first",
                 "garbage": "is not a checkpoint this pipeline wrote"}[swap]
     assert expected in result.stderr
 
@@ -103,7 +138,8 @@ def test_dvc_checkout_restores_the_last_good_outputs_after_a_failed_repro(book_c
     assert "training diverged with train_mlp.lr" in failed.stderr
     assert not (book_copy / "models/mlp.pt").exists()  # DVC clears outputs before a stage runs
 
-    run(book_copy, "git", "checkout", "--", "params.yaml", "metrics", "plots", "dvclive")
+    run(book_copy, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots",
+        "dvclive")
     run(book_copy, "dvc", "checkout")
     for path, data in good.items():
         assert (book_copy / path).read_bytes() == data, path

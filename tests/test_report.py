@@ -90,7 +90,7 @@ def test_changing_a_training_param_reruns_only_its_stage_and_the_report(book_pro
     project = copy_project(book_project[0], tmp_path / "copy")
     set_params(project, {"train_linear.epochs": 5})
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == ["train_linear", "report"]
+    assert stages_run(result.stdout) == ["check_params", "train_linear", "report"]
     lock = (project / "dvc.lock").read_text()
     assert "epochs: 5" in lock
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json").stdout)

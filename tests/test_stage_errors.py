@@ -4,7 +4,6 @@ one clear line, exit code 2, no traceback, and nothing half-written."""
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pytest
 

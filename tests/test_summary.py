@@ -24,7 +24,9 @@ BOOK_PARAMS = {
     "train_cnn": {"train_cnn.lr": 0.1, "train_cnn.epochs": 1, "train_cnn.batch_size": 128,
                   "train_cnn.shuffle": True, "train_cnn.wd": 0.01},
 }
-COMMON = {"n_train": 12396, "n_valid": 2038, "source": "mnist", "split": "official"}
+COMMON = {"n_train": 12396, "n_valid": 2038, "source": "mnist", "split": "official",
+          "tensors": "0d1b82d4a813d029"}
+TENSORS = {"path": "data/tensors", "hash": "md5", "md5": "6b7b8e2d5d1b.dir"}
 
 
 def scores(accuracy, balanced):
@@ -32,8 +34,9 @@ def scores(accuracy, balanced):
             "per_class": {"3": balanced, "7": balanced}}
 
 
-def write_run(folder, params=BOOK_PARAMS, common=COMMON):
-    """metrics/*.json and the dvc.lock that records them, as `dvc repro` leaves them."""
+def write_run(folder, params=BOOK_PARAMS, common=COMMON, tensorised=TENSORS):
+    """metrics/*.json and the dvc.lock that records them, as `dvc repro` leaves them;
+    `tensorised`: what dvc.lock says tensorise last wrote."""
     metrics = {"baseline": {"l1": scores(0.9514, 0.9511), "l2": scores(0.9661, 0.9661), **common},
                "linear": {**scores(0.9725, 0.9724), **common},
                "mlp": {**scores(0.9828, 0.9828), **common},
@@ -41,9 +44,12 @@ def write_run(folder, params=BOOK_PARAMS, common=COMMON):
     stages = {}
     (folder / "metrics").mkdir()
     for stage, stage_params in params.items():
-        stages[stage] = {"params": {"params.yaml": stage_params}, "outs": []}
+        stages[stage] = {"params": {"params.yaml": stage_params}, "outs": [], "deps": []}
         name = stage.removeprefix("train_")
+        if stage == "tensorise":
+            stages[stage]["outs"].append(tensorised)
         if name in metrics:
+            stages[stage]["deps"].append(TENSORS)
             path = folder / f"metrics/{name}.json"
             path.write_text(json.dumps(metrics[name]))
             stages[stage]["outs"].append({"path": f"metrics/{name}.json", "hash": "md5",
@@ -81,6 +87,16 @@ def test_a_metrics_file_changed_after_dvc_ran_is_an_error(tmp_path):
             "for stage 'train_mlp'") in result.stderr
     (tmp_path / "dvc.lock").unlink()
     assert "dvc.lock not found" in run_module(tmp_path, "stages.summary").stderr
+
+
+def test_metrics_from_before_the_last_tensorise_are_an_error(tmp_path):
+    # `dvc repro -s tensorise` with other digits: dvc.lock's tensorise moved on, the models
+    # did not; the summary would print old numbers under the new digits.
+    write_run(tmp_path, tensorised={**TENSORS, "md5": "a0a0a0a0a0a0.dir"})
+    result = run_module(tmp_path, "stages.summary")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("the metrics of baseline, train_linear, train_mlp, train_cnn were computed from "
+            "other tensors than tensorise last wrote") in result.stderr
 
 
 def test_the_offline_fallback_is_repeated_and_other_data_has_no_book_column(ten_digit_project):

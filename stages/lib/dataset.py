@@ -6,6 +6,8 @@ Targets follow the book: with two digits, 1 for the first listed and 0 for the s
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +15,13 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .files import read_json
 from .idx import read_images_and_labels
 from .sources import split_files
 from .torchio import load_pt, save_pt
 
 TENSOR_KEYS = ("images", "targets")
+TENSOR_DIR = Path("data/tensors")
 
 
 @dataclass(frozen=True)
@@ -137,3 +141,29 @@ def load_split(path: str | Path) -> Split:
                         f"length, got {tuple(images.shape)} {images.dtype} and "
                         f"{tuple(targets.shape)} {targets.dtype}")
     return Split(images=images, targets=targets)
+
+
+def tensors_fingerprint(train: Split, valid: Split, digits: list[int],
+                        target_digits: list[int]) -> str:
+    """What every later output records of the data it was computed from: a digest of the
+    pixels and targets of both splits and of what the targets mean."""
+    digest = hashlib.sha256(json.dumps({"digits": digits, "target_digits": target_digits})
+                            .encode())
+    for split in (train, valid):
+        for tensor in (split.images, split.targets):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_tensors(folder: Path = TENSOR_DIR) -> tuple[dict, Split, Split]:
+    """data/tensors as tensorise wrote it: its metadata and both splits, refused unless the
+    splits are the ones the metadata's fingerprint was taken of."""
+    meta = read_json(folder / "meta.json", "the tensorise metadata")
+    train, valid = load_split(folder / "train.pt"), load_split(folder / "valid.pt")
+    found = tensors_fingerprint(train, valid, meta["digits"], meta["target_digits"])
+    if meta.get("tensors") != found:
+        raise UserError(f"{folder}/train.pt and valid.pt are not the tensors "
+                        f"{folder}/meta.json describes (fingerprint {found}, meta.json says "
+                        f"{meta.get('tensors')}); rerun `dvc repro tensorise`")
+    return meta, train, valid

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .provenance import data_record
 from .torchio import load_pt, save_pt
 
 N_PIXELS = 28 * 28
-CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"}
+CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits", "tensors"}
 TRAINED = ("linear", "mlp", "cnn")  # the models the pipeline trains, stage train_<name> each
 
 
@@ -81,11 +82,12 @@ def book_init_(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: dict,
-                    digits: list[int], target_digits: list[int]) -> None:
-    """state_dict + what rebuilds the model, and the settings it was trained with."""
+                    meta: dict) -> None:
+    """state_dict + what rebuilds the model, the settings it was trained with, and the
+    data it was trained on (provenance.data_record of the tensorise metadata)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_pt(path, {"config": config, "training": training, "state_dict": state,
-                   "digits": digits, "target_digits": target_digits})
+                   **data_record(meta)})
 
 
 def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]:

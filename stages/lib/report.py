@@ -10,11 +10,13 @@ import torch
 from .book import book_figure, figure_text, is_book_data
 from .dataset import Split, targets_in_digit_order
 from .learner import batched_logits, predict, true_class_loss
+from .files import read_json
 from .metrics import confusion_matrix
-from .models import load_checkpoint
-from .similarity import class_distances, nearest_margin
+from .models import TRAINED, load_checkpoint
+from .provenance import ModelOutputs, check_one_run
+from .similarity import class_distances, load_means, nearest_margin
 from .sources import FALLBACK_WARNING, fell_back
-from .training import as_inputs, initial_model
+from .training import as_inputs, initial_model, read_history
 
 
 @dataclass
@@ -28,6 +30,25 @@ class ModelResult:
     settings: dict         # what it was trained with, for the book lookup
 
 
+def read_model_outputs(meta: dict) -> tuple[dict, dict, dict, dict]:
+    """Every model stage's outputs: the baseline's checkpoint, each trained (model,
+    checkpoint), each stage's metrics and each trained model's history; refused unless all
+    come from one run on the tensors in `meta`."""
+    metrics = {name: read_json(f"metrics/{name}.json", f"the {name} metrics")
+               for name in ("baseline", *TRAINED)}
+    baseline = load_means("models/baseline.pt")
+    models = {name: load_checkpoint(f"models/{name}.pt", f"train_{name}") for name in TRAINED}
+    histories = {name: read_history(f"plots/{name}.tsv") for name in TRAINED}
+    check_one_run(meta, [
+        ModelOutputs("baseline", Path("models/baseline.pt"), baseline,
+                     Path("metrics/baseline.json"), metrics["baseline"]),
+        *(ModelOutputs(f"train_{name}", Path(f"models/{name}.pt"), models[name][1],
+                       Path(f"metrics/{name}.json"), metrics[name],
+                       Path(f"plots/{name}.tsv"), histories[name]) for name in TRAINED)],
+        reader="the report")
+    return baseline, models, metrics, histories
+
+
 def baseline_results(checkpoint: dict, metrics: dict, valid: Split) -> list[ModelResult]:
     results = []
     for kind in ("l1", "l2"):
@@ -37,19 +58,18 @@ def baseline_results(checkpoint: dict, metrics: dict, valid: Split) -> list[Mode
     return results
 
 
-def trained_result(name: str, checkpoint_path: Path, metrics: dict,
+def trained_result(name: str, model: torch.nn.Module, checkpoint: dict, metrics: dict,
                    valid: Split) -> ModelResult:
-    model, checkpoint = load_checkpoint(checkpoint_path)
     logits = batched_logits(model, as_inputs(valid, torch.device("cpu"))[0])
     settings = {**checkpoint["training"], "hidden": checkpoint["config"]["hidden"]}
     return ModelResult(name, name, metrics, predict(logits),
                        true_class_loss(logits, valid.targets), "loss", settings)
 
 
-def linear_weights_before_and_after(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_weights_before_and_after(model: torch.nn.Module, checkpoint: dict
+                                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear model's weights as training started (rebuilt from the seed and init its
     checkpoint records) and as it ended, one row of 784 per output."""
-    model, checkpoint = load_checkpoint(path)
     training = checkpoint["training"]
     start = initial_model(checkpoint["config"], training["seed"], training.get("init", "torch"))
     return start[0].weight.detach(), model[0].weight.detach()

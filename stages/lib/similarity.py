@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .dataset import to_float
+from .provenance import data_record
 from .torchio import load_pt, save_pt
 
 DISTANCES = ("l1", "l2")
@@ -62,12 +63,11 @@ def nearest_margin(dists: torch.Tensor) -> torch.Tensor:
     return two[:, 1] - two[:, 0]
 
 
-BASELINE_KEYS = {"means", "digits", "target_digits"}
+BASELINE_KEYS = {"means", "digits", "target_digits", "tensors"}
 
 
-def save_means(path: str | Path, means: torch.Tensor, digits: list[int],
-               target_digits: list[int]) -> None:
-    save_pt(path, {"means": means, "digits": digits, "target_digits": target_digits})
+def save_means(path: str | Path, means: torch.Tensor, meta: dict) -> None:
+    save_pt(path, {"means": means, **data_record(meta)})
 
 
 def load_means(path: str | Path) -> dict:

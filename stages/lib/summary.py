@@ -55,10 +55,29 @@ def settings(params: dict, stage: str) -> dict:
             if key.startswith(prefix)}
 
 
+def _tensors_md5(entries: list[dict]) -> str | None:
+    return next((e.get("md5") for e in entries if e.get("path") == "data/tensors"), None)
+
+
+def check_same_tensors(stages: dict, metrics: dict[str, dict]) -> None:
+    """Every model stage last ran on the tensors tensorise last wrote (by dvc.lock) and
+    on the same tensors as the others (by the fingerprint in its metrics)."""
+    written = _tensors_md5(stages.get("tensorise", {}).get("outs", []))
+    stale = [stage for stage in metrics
+             if _tensors_md5(stages[stage].get("deps", [])) != written]
+    fingerprints = {m.get("tensors") for m in metrics.values()}
+    if stale or len(fingerprints) > 1:
+        stale = stale or list(metrics)
+        raise UserError(f"the metrics of {', '.join(stale)} were computed from other tensors "
+                        f"than tensorise last wrote (dvc.lock), so they are not one run's "
+                        f"numbers; run `dvc repro` to bring them together")
+
+
 def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
     """The data the models saw (meta) and one row per model: name, accuracy, balanced
     accuracy, the book's figure ("—" where the settings are not the book's)."""
     metrics = {stage: recorded_metrics(stages, stage, path) for _, stage, path, _ in MODELS}
+    check_same_tensors(stages, metrics)
     first = metrics["baseline"]
     meta = {"source": first["source"], "split": first["split"], "n_train": first["n_train"],
             "n_valid": first["n_valid"],

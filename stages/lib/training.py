@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, TextIO
 
 import torch
 
-from .dataset import Split, load_split, to_float
+from .dataset import Split, load_tensors, to_float
 from .errors import UserError
-from .files import read_json, write_json, write_text
+from .files import write_json, write_text
 from .learner import Learner, Optimizer, TrainingDiverged, batched_logits, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
 from .optim import SGD, Adam
 from .params import Params, TrainCNN, TrainLinear, TrainMLP
+from .provenance import metrics_origin
 from .threads import Threads, use_threads
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 TrainingParams = TrainLinear | TrainMLP | TrainCNN
 
-TENSOR_DIR = Path("data/tensors")
 LIVE_DIR = Path("dvclive")  # dvclive/<name>/: the run as it trains, for DVC's plots
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy")
 
@@ -96,9 +96,8 @@ def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepa
     cfg = getattr(params, stage)
     device = resolve_device(params.base.device)
     threads = use_threads(params.base.threads)
-    meta = read_json(TENSOR_DIR / "meta.json", "the tensorise metadata")
+    meta, train, valid = load_tensors()
     digits = meta["digits"]
-    train, valid = load_split(TENSOR_DIR / "train.pt"), load_split(TENSOR_DIR / "valid.pt")
 
     config = model_config(name, cfg, digits)
     model = initial_model(config, params.base.seed, getattr(cfg, "init", "torch")).to(device)
@@ -189,10 +188,11 @@ def train_stage(name: str, params: Params) -> None:
                "n_valid": len(learner.valid_y), "source": meta["source"],
                "split": meta["split"], "threads": prepared.threads.count}
 
-    save_checkpoint(f"models/{name}.pt", learner.model, prepared.config,
-                    training_settings(prepared, params), meta["digits"], meta["target_digits"])
+    checkpoint = f"models/{name}.pt"
+    save_checkpoint(checkpoint, learner.model, prepared.config,
+                    training_settings(prepared, params), meta)
     write_text(f"plots/{name}.tsv", history_tsv(history))
-    write_json(f"metrics/{name}.json", metrics)
+    write_json(f"metrics/{name}.json", {**metrics, **metrics_origin(meta, checkpoint)})
     print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
           f"per class {metrics['per_class']} ({seconds:.1f} s on {prepared.device}, "
           f"{seconds / cfg.epochs:.2f} s/epoch, {prepared.threads})",

@@ -1,0 +1,92 @@
+"""What each output records of what it was computed from, and the check that the outputs a
+stage reads all come from one run.
+
+tensorise fingerprints the tensors it writes (meta.json "tensors"). Every model stage records
+that fingerprint in its checkpoint and its metrics, and its metrics record the fingerprint of
+the checkpoint they were computed from ("model"). DVC reruns stages in order, but
+`dvc repro -s STAGE`, `python -m stages.STAGE` or a hand-copied file can still put outputs of
+different runs side by side; a stage reading them refuses instead of mixing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .files import file_digests
+
+
+def file_fingerprint(path: str | Path) -> str:
+    return file_digests(path)["sha256"][:16]
+
+
+def data_record(meta: dict) -> dict:
+    """What a checkpoint records of the data it was computed from (`meta`, the tensorise
+    metadata): its digits, what each target means, and the tensors' fingerprint."""
+    return {key: meta[key] for key in ("digits", "target_digits", "tensors")}
+
+
+def metrics_origin(meta: dict, checkpoint_path: str | Path) -> dict:
+    """The keys a model stage adds to its metrics: the tensors it saw and the checkpoint
+    the metrics were computed from."""
+    return {"tensors": meta["tensors"], "model": file_fingerprint(checkpoint_path)}
+
+
+@dataclass
+class ModelOutputs:
+    """One model stage's outputs, as a later stage has read them."""
+    stage: str
+    checkpoint_path: Path
+    checkpoint: dict
+    metrics_path: Path
+    metrics: dict
+    history_path: Path | None = None
+    history: list[dict] | None = None
+
+
+# history_tsv keeps 6 decimals and the metrics 4: the same number differs by at most this.
+_ROUNDING = 0.5e-4 + 0.5e-6
+
+
+def _history_matches(history: list[dict], metrics: dict) -> bool:
+    if len(history) != metrics.get("epochs"):
+        return False
+    last = history[-1]
+    return all(abs(last[key] - metrics.get(key, float("nan"))) <= _ROUNDING
+               for key in ("train_loss", "valid_loss"))
+
+
+def stale_outputs(meta: dict, outputs: ModelOutputs) -> list[str]:
+    """Why each of a stage's outputs does not belong with the tensors in `meta` (or with
+    each other); empty when they all come from one run on these tensors."""
+    tensors, stage = meta["tensors"], outputs.stage
+    problems = []
+    if outputs.checkpoint.get("tensors") != tensors:
+        problems.append(f"{outputs.checkpoint_path} was computed from tensors "
+                        f"{outputs.checkpoint.get('tensors')} (stage {stage})")
+    if outputs.metrics.get("tensors") != tensors:
+        problems.append(f"{outputs.metrics_path} was computed from tensors "
+                        f"{outputs.metrics.get('tensors')} (stage {stage})")
+    elif outputs.metrics.get("model") != file_fingerprint(outputs.checkpoint_path):
+        problems.append(f"{outputs.metrics_path} was not computed from "
+                        f"{outputs.checkpoint_path} (stage {stage})")
+    if outputs.history is not None and not _history_matches(outputs.history, outputs.metrics):
+        problems.append(f"{outputs.history_path} is not the history of the run that wrote "
+                        f"{outputs.metrics_path} (stage {stage})")
+    return problems
+
+
+def check_one_run(meta: dict, outputs: list[ModelOutputs], reader: str) -> None:
+    """Refuse, naming each stale file and its stage, unless every output was computed from
+    the tensors in `meta` and each stage's outputs from one run of it."""
+    problems = [problem for out in outputs for problem in stale_outputs(meta, out)]
+    if problems:
+        stages = " ".join(dict.fromkeys(out.stage for out in outputs
+                                        if stale_outputs(meta, out)))
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise UserError(
+            f"{reader}'s inputs do not all come from one run. data/tensors holds digits "
+            f"{meta['digits']} from {meta['source']} (tensors {meta['tensors']}), but:\n"
+            f"{listing}\nrerun the stale stages first: `dvc repro {stages}` "
+            f"(or `dvc repro` for everything)")

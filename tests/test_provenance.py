@@ -1,0 +1,57 @@
+"""What outputs record of what they were computed from, and the check that refuses a mix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages.lib.errors import UserError
+from stages.lib.provenance import ModelOutputs, check_one_run, metrics_origin, stale_outputs
+
+META = {"digits": [3, 7], "target_digits": [7, 3], "tensors": "aaaa", "source": "mnist"}
+HISTORY = [{"epoch": 0, "train_loss": 0.3, "valid_loss": 0.4, "valid_accuracy": 0.5},
+           {"epoch": 1, "train_loss": 0.123456, "valid_loss": 0.234544, "valid_accuracy": 0.9}]
+
+
+def outputs(tmp_path: Path, **changes) -> ModelOutputs:
+    checkpoint = tmp_path / "mlp.pt"
+    if not checkpoint.exists():
+        checkpoint.write_bytes(b"weights")
+    metrics = {"epochs": 2, "train_loss": 0.1235, "valid_loss": 0.2345,
+               **metrics_origin(META, checkpoint)}
+    fields = dict(stage="train_mlp", checkpoint_path=checkpoint,
+                  checkpoint={"tensors": "aaaa"}, metrics_path=Path("metrics/mlp.json"),
+                  metrics=metrics, history_path=Path("plots/mlp.tsv"), history=HISTORY)
+    for key, value in changes.items():
+        if key.startswith("metrics_"):
+            fields["metrics"] = {**metrics, key.removeprefix("metrics_"): value}
+        else:
+            fields[key] = value
+    return ModelOutputs(**fields)
+
+
+def test_outputs_of_one_run_on_these_tensors_pass(tmp_path):
+    assert stale_outputs(META, outputs(tmp_path)) == []
+    check_one_run(META, [outputs(tmp_path)], reader="the report")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"checkpoint": {"tensors": "bbbb"}}, "mlp.pt was computed from tensors bbbb"),
+    ({"metrics_tensors": "bbbb"}, "metrics/mlp.json was computed from tensors bbbb"),
+    ({"metrics_model": "0123456789abcdef"}, "metrics/mlp.json was not computed from"),
+    ({"metrics_epochs": 3}, "plots/mlp.tsv is not the history of the run that wrote"),
+    ({"metrics_valid_loss": 0.2346}, "plots/mlp.tsv is not the history"),
+    ({"checkpoint": {}}, "mlp.pt was computed from tensors None"),  # written before fingerprints
+])
+def test_each_kind_of_mix_is_named_with_its_stage(tmp_path, change, expected):
+    problems = stale_outputs(META, outputs(tmp_path, **change))
+    assert len(problems) == 1 and expected in problems[0] and "(stage train_mlp)" in problems[0]
+    with pytest.raises(UserError, match="rerun the stale stages first: `dvc repro train_mlp`"):
+        check_one_run(META, [outputs(tmp_path, **change)], reader="the report")
+
+
+def test_a_changed_checkpoint_no_longer_matches_its_metrics(tmp_path):
+    before = outputs(tmp_path)
+    (tmp_path / "mlp.pt").write_bytes(b"other weights")
+    assert "was not computed from" in stale_outputs(META, before)[0]
