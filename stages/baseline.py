@@ -6,14 +6,13 @@ import sys
 
 from stages.lib.dataset import load_tensors
 from stages.lib.errors import run_stage
-from stages.lib.files import write_json
+from stages.lib.files import together, write_json
 from stages.lib.metrics import classification_metrics
 from stages.lib.params import load_params
 from stages.lib.provenance import metrics_origin
 from stages.lib.similarity import DISTANCES, class_means, predict_nearest, save_means
 from stages.lib.threads import use_threads
 
-CHECKPOINT = "models/baseline.pt"
 
 
 def main() -> None:
@@ -28,8 +27,9 @@ def main() -> None:
     metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"],
                    split=meta["split"], threads=threads.count)
 
-    save_means(CHECKPOINT, means, meta)
-    write_json("metrics/baseline.json", {**metrics, **metrics_origin(meta, CHECKPOINT)})
+    with together():  # the checkpoint and its metrics, both new or both old
+        model = save_means("models/baseline.pt", means, meta)
+        write_json("metrics/baseline.json", {**metrics, **metrics_origin(meta, model)})
     for kind in DISTANCES:
         print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "
               f"{metrics[kind]['balanced_accuracy']}, per class {metrics[kind]['per_class']}",

@@ -11,9 +11,11 @@ import io
 import os
 import runpy
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -113,6 +115,41 @@ def serve_folder(folder: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def serve_slowly(folder: Path, bytes_per_write: int = 64, pause_s: float = 0.2):
+    """Serve `folder` a few bytes at a time: each read gets data well within any per-read
+    timeout, but a file takes for ever. Yields the base URL."""
+    class Trickle(_QuietHandler):
+        def copyfile(self, source, outputfile):
+            while chunk := source.read(bytes_per_write):
+                outputfile.write(chunk)
+                outputfile.flush()
+                time.sleep(pause_s)
+
+    handler = functools.partial(Trickle, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A mirror that accepts connections and never answers. Yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        listener.close()
 
 
 # --- a temp copy of the project ------------------------------------------------------------

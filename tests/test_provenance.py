@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from stages.lib.errors import UserError
-from stages.lib.provenance import ModelOutputs, check_one_run, metrics_origin, stale_outputs
+from stages.lib.provenance import (ModelOutputs, check_one_run, file_fingerprint,
+                                   metrics_origin, stale_outputs)
 
 META = {"digits": [3, 7], "target_digits": [7, 3], "tensors": "aaaa", "source": "mnist"}
 HISTORY = [{"epoch": 0, "train_loss": 0.3, "valid_loss": 0.4, "valid_accuracy": 0.5},
@@ -19,7 +20,7 @@ def outputs(tmp_path: Path, **changes) -> ModelOutputs:
     if not checkpoint.exists():
         checkpoint.write_bytes(b"weights")
     metrics = {"epochs": 2, "train_loss": 0.1235, "valid_loss": 0.2345,
-               **metrics_origin(META, checkpoint)}
+               **metrics_origin(META, file_fingerprint(checkpoint))}
     fields = dict(stage="train_mlp", checkpoint_path=checkpoint,
                   checkpoint={"tensors": "aaaa"}, metrics_path=Path("metrics/mlp.json"),
                   metrics=metrics, history_path=Path("plots/mlp.tsv"), history=HISTORY)

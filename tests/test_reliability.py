@@ -4,16 +4,24 @@ failed run, and experiments running in parallel."""
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from stages import tensorise
 from stages.lib import experiments
-from stages.lib.files import atomic_dir, atomic_open, write_json
+from stages.lib.errors import UserError
+from stages.lib.files import (atomic_dir, atomic_open, remove_stale_temps, together,
+                              write_json, write_text)
 from stages.lib.threads import available_cores
-from tests.helpers import (make_project, read_json, run, run_module, run_stage,
-                           set_params, stages_run)
+from tests.helpers import (env_with, make_project, read_json, run, run_module, run_stage,
+                           serve_slowly, set_params, stages_run)
 
 
 class Interrupted(Exception):
@@ -50,6 +58,112 @@ def test_interrupted_folder_write_keeps_the_old_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]
     assert [p.name for p in (tmp_path / "raw").iterdir()] == ["a.gz"]
     assert (tmp_path / "raw" / "a.gz").read_bytes() == b"old"
+
+
+def hidden_entries(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def start_download(project, mirror: str) -> subprocess.Popen:
+    """The download stage from a mirror trickling bytes, stopped once its temp folder
+    exists (it is fetching into data/.raw.<pid>.<random>.tmp/)."""
+    process = subprocess.Popen([sys.executable, "-m", "stages.download"], cwd=project,
+                               env=env_with(mirror), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (project / "data").is_dir() or not hidden_entries(project / "data"):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    return process
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path, shared_mnist):
+    project = make_project(tmp_path / "project", {"data.source": "mnist"})
+    with serve_slowly(shared_mnist) as url:
+        process = start_download(project, url)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stage 'download' stopped by SIGTERM; no output was half-written" in stderr
+    assert "Traceback" not in stderr
+    assert list((project / "data").iterdir()) == []
+
+
+def test_what_a_sigkill_leaves_is_removed_by_the_next_run(tmp_path, shared_mnist):
+    project = make_project(tmp_path / "project", {"data.source": "mnist"})
+    with serve_slowly(shared_mnist) as url:
+        process = start_download(project, url)
+        process.kill()
+        process.communicate(timeout=30)
+    leftover = hidden_entries(project / "data")
+    assert len(leftover) == 1 and leftover[0].startswith(".raw.")  # SIGKILL: no clean-up
+    run_stage(project, "download", mirrors=str(shared_mnist), check=True)
+    assert [p.name for p in (project / "data").iterdir()] == ["raw"]
+
+
+def test_stale_temps_of_dead_processes_go_and_those_of_live_ones_stay(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    names = [f".metrics.json.{dead}.abc123.tmp", f".metrics.json.{os.getpid()}.def456.tmp",
+             ".metrics.json.tmp", f".metrics.json.5.{dead}.x.tmp", f".other.json.{dead}.a.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("partial")
+    (tmp_path / f".metrics.json.{dead}.q.old").mkdir()
+    removed = remove_stale_temps(tmp_path / "metrics.json")
+    assert sorted(p.name for p in removed) == sorted([names[0], f".metrics.json.{dead}.q.old"])
+    assert sorted(hidden_entries(tmp_path)) == sorted(names[1:])
+
+
+def test_outputs_written_together_are_all_new_or_all_old(tmp_path, monkeypatch):
+    write_text(tmp_path / "model.pt", "old model")
+    write_text(tmp_path / "metrics.json", "old metrics")
+    real_replace = os.replace
+
+    def replace_fails_onto_metrics(source, target):
+        if str(target).endswith("/metrics.json") and str(source).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_fails_onto_metrics)
+    with pytest.raises(UserError, match="could not write .*metrics.json: No space left"):
+        with together():
+            write_text(tmp_path / "model.pt", "new model")  # its rename comes first
+            write_text(tmp_path / "metrics.json", "new metrics")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (tmp_path / "model.pt").read_text() == "old model"
+    assert (tmp_path / "metrics.json").read_text() == "old metrics"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model.pt"]
+    with together():
+        write_text(tmp_path / "model.pt", "new model")
+        assert (tmp_path / "model.pt").read_text() == "old model"  # until the block ends
+    assert (tmp_path / "model.pt").read_text() == "new model"
+
+
+def limit_file_size(limit: int):
+    """For a child process: writes past `limit` bytes fail (EFBIG), as on a full disk."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_failed_write_is_one_message_and_leaves_the_stage_outputs_old(tmp_path):
+    project = make_project(tmp_path / "project", {"data.source": "mnist-5k",
+                                                  "train_mlp.hidden": [400]})
+    run_stage(project, "download", check=True)
+    run_module(project, "stages.tensorise", check=True)
+    run_module(project, "stages.train_mlp", check=True)
+    outputs = ("models/mlp.pt", "metrics/mlp.json", "plots/mlp.tsv")
+    before = {p: (project / p).read_bytes() for p in outputs}
+    set_params(project, {"train_mlp.lr": 0.05})
+    # The checkpoint (1.3 MB) cannot be written; the smaller files could be (and DVCLive's
+    # and DVC's databases, which a full disk would stop too).
+    result = subprocess.run([sys.executable, "-m", "stages.train_mlp"], cwd=project,
+                            env=env_with(), capture_output=True, text=True,
+                            preexec_fn=limit_file_size(1_000_000))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "enforce fail" not in result.stderr
+    assert ("error in stage 'train_mlp': could not write models/mlp.pt: File too large; "
+            "the outputs are left as they were") in result.stderr
+    assert {p: (project / p).read_bytes() for p in outputs} == before
+    for folder in ("models", "metrics", "plots", "dvclive"):
+        assert hidden_entries(project / folder) == []
 
 
 def test_stage_interrupted_while_saving_tensors(tmp_path, monkeypatch):

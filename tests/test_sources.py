@@ -3,6 +3,8 @@ offline fallback, mnist-5k, and local folders in each accepted layout."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -12,8 +14,8 @@ from stages.lib.idx import read_idx
 from stages.lib.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
                                 configured_mirrors, detect_layout, fetch_canonical,
                                 load_local_folder, load_mnist_5k)
-from tests.helpers import (canonical_digests_of, serve_folder, tiny_digits, write_idx_folder,
-                           write_png_folder)
+from tests.helpers import (canonical_digests_of, serve_folder, serve_slowly, silent_server,
+                           tiny_digits, write_idx_folder, write_png_folder)
 
 
 @pytest.fixture
@@ -76,6 +78,50 @@ def test_no_good_mirror_lists_every_attempt(tiny_mirror, tmp_path, out_dir):
     assert f"{url} -> train-images-idx3-ubyte.gz: HTTP Error 404" in message
     assert "MNIST_MIRRORS" in message
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_mirror_trickling_bytes_is_given_up_on_at_the_deadline(tiny_mirror, out_dir,
+                                                                 monkeypatch, capsys):
+    # Each read gets bytes within the read timeout, so only an overall deadline stops it
+    # (the first file would take over a minute at this pace).
+    monkeypatch.setenv("MNIST_DEADLINE", "1")
+    start = time.monotonic()
+    with serve_slowly(tiny_mirror) as url:
+        fetch_canonical(out_dir, [url, str(tiny_mirror)])
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert f"train-images-idx3-ubyte.gz: fetching {url}train-images-idx3-ubyte.gz (up to 1 s)" \
+        in err
+    assert f"{url} timed out (gave up after 1 s with " in err and "MNIST_DEADLINE" in err
+    assert err.count("fetching") == 1  # the other three files do not wait on it again
+    for name in sources.CANONICAL_FILES:
+        assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
+
+
+def test_a_mirror_that_never_answers_is_left_after_the_read_timeout(tiny_mirror, out_dir,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setattr(sources, "READ_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    with silent_server() as url, pytest.raises(SourceUnavailable) as err:
+        fetch_canonical(out_dir, [url])
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert f"{url} -> train-images-idx3-ubyte.gz: no answer for 0.5 s" in message
+    assert capsys.readouterr().err.count("fetching") == 1
+
+
+def test_file_urls_work_like_folders(tiny_mirror, out_dir):
+    fetch_canonical(out_dir, [tiny_mirror.as_uri()])
+    for name in sources.CANONICAL_FILES:
+        assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
+def test_a_deadline_that_is_not_a_positive_number_is_an_error(tiny_mirror, out_dir,
+                                                              monkeypatch, value):
+    monkeypatch.setenv("MNIST_DEADLINE", value)
+    with pytest.raises(UserError, match=f"MNIST_DEADLINE='{value}' is not a positive number"):
+        fetch_canonical(out_dir, [str(tiny_mirror)])
 
 
 def test_auto_falls_back_to_mnist_5k_with_a_warning(out_dir, capsys):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,26 +29,124 @@ _FILE_MODE = 0o666 & ~_UMASK
 _DIR_MODE = 0o777 & ~_UMASK
 
 
+# Temp entries are named .<name>.<pid>.<random>.tmp (folders being swapped out: .old), so the
+# next write of <name> can tell one whose process is gone (SIGKILL, power loss) and remove it.
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temp entries an earlier write of `path` left when its process was killed
+    outright; a temp of a process that is still running is left alone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")
+    removed = []
+    for entry in path.parent.iterdir() if path.parent.is_dir() else ():
+        match = pattern.fullmatch(entry.name)
+        if not match or _is_running(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class WriteFailed(UserError):
+    """An output could not be written (disk full, no permission, ...)."""
+
+    def __init__(self, path: Path, err: OSError):
+        cause = err.strerror or str(err)
+        super().__init__(f"could not write {path}: {cause}; the outputs are left as they were")
+
+
+# While a `together` block runs, the (temp, final) pairs whose rename waits for its end.
+_pending: list[tuple[str, Path]] | None = None
+
+
+@contextlib.contextmanager
+def together() -> Iterator[None]:
+    """The outputs written inside the block (through atomic_open) replace their old
+    versions all at its end, or none of them do: a stage's outputs are all new or all old."""
+    global _pending
+    outer, _pending = _pending, []
+    pending = _pending
+    try:
+        yield
+        _replace_all(pending)
+    except BaseException:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    finally:
+        _pending = outer
+
+
+def _replace_all(pending: list[tuple[str, Path]]) -> None:
+    """Rename each temp onto its path; if one rename fails, put back the files already
+    replaced, so that none of them is new."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, path in pending:
+            backup = None
+            if path.exists():
+                backup = path.with_name(f"{_temp_prefix(path)}{os.urandom(4).hex()}.old")
+                os.replace(path, backup)
+            done.append((path, backup))
+            os.replace(tmp, path)
+    except OSError as err:
+        for replaced, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, replaced)
+            else:
+                replaced.unlink(missing_ok=True)
+        raise WriteFailed(path, err) from None
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file in `path`'s folder; rename it to `path` only if the block succeeds.
+    """Open a temp file in `path`'s folder; rename it to `path` only if the block succeeds
+    (inside `together`, when that block does).
 
     A crash or an exception mid-write leaves the old file (or nothing) at `path`, never
-    a partial one, and the temp file is removed.
+    a partial one, and the temp file is removed. A failed write (disk full, no permission)
+    is a WriteFailed naming the path and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if _pending is not None:
+            _pending.append((tmp, path))
+        else:
+            os.replace(tmp, path)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise WriteFailed(path, err) from None
         raise
 
 
@@ -104,6 +203,11 @@ def read_yaml(path: str | os.PathLike, what: str):
     return parse_yaml(text, str(path))
 
 
+def fingerprint(data: bytes) -> str:
+    """A short content digest (16 hex digits of sha256): what outputs record of their inputs."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def file_digests(path: str | os.PathLike) -> dict[str, str]:
     """md5 and sha256 of a file in one pass."""
     md5, sha256 = hashlib.md5(), hashlib.sha256()
@@ -121,18 +225,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     A failed stage leaves the previous folder (or none) at `path`, never half of a new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
         tmp.chmod(_DIR_MODE)
+    except OSError as err:
+        raise WriteFailed(path, err) from None
+    try:
         yield tmp
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    try:
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path),
+                                        suffix=".old"))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as err:
+        raise WriteFailed(path, err) from None

@@ -82,12 +82,13 @@ def book_init_(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: dict,
-                    meta: dict) -> None:
+                    meta: dict) -> str:
     """state_dict + what rebuilds the model, the settings it was trained with, and the
-    data it was trained on (provenance.data_record of the tensorise metadata)."""
+    data it was trained on (provenance.data_record of the tensorise metadata). Returns the
+    file's fingerprint."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_pt(path, {"config": config, "training": training, "state_dict": state,
-                   **data_record(meta)})
+    return save_pt(path, {"config": config, "training": training, "state_dict": state,
+                          **data_record(meta)})
 
 
 def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import file_digests
+from .files import fingerprint
 
 
 def file_fingerprint(path: str | Path) -> str:
-    return file_digests(path)["sha256"][:16]
+    return fingerprint(Path(path).read_bytes())
 
 
 def data_record(meta: dict) -> dict:
@@ -27,10 +27,10 @@ def data_record(meta: dict) -> dict:
     return {key: meta[key] for key in ("digits", "target_digits", "tensors")}
 
 
-def metrics_origin(meta: dict, checkpoint_path: str | Path) -> dict:
+def metrics_origin(meta: dict, checkpoint_fingerprint: str) -> dict:
     """The keys a model stage adds to its metrics: the tensors it saw and the checkpoint
-    the metrics were computed from."""
-    return {"tensors": meta["tensors"], "model": file_fingerprint(checkpoint_path)}
+    the metrics were computed from (the fingerprint save_pt returned)."""
+    return {"tensors": meta["tensors"], "model": checkpoint_fingerprint}
 
 
 @dataclass

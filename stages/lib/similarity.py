@@ -66,8 +66,8 @@ def nearest_margin(dists: torch.Tensor) -> torch.Tensor:
 BASELINE_KEYS = {"means", "digits", "target_digits", "tensors"}
 
 
-def save_means(path: str | Path, means: torch.Tensor, meta: dict) -> None:
-    save_pt(path, {"means": means, **data_record(meta)})
+def save_means(path: str | Path, means: torch.Tensor, meta: dict) -> str:
+    return save_pt(path, {"means": means, **data_record(meta)})
 
 
 def load_means(path: str | Path) -> dict:

@@ -14,6 +14,8 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -52,7 +54,12 @@ MNIST_5K_RELPATH = ("data", "data", "mnist_5k.csv.gz")
 MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
-FETCH_TIMEOUT_S = 30
+# A mirror gets READ_TIMEOUT_S to answer or to send more bytes, and DEADLINE_S for a whole
+# file (the largest is 9.9 MB); past either it is given up on for every file. MNIST_DEADLINE
+# sets DEADLINE_S for slow links (or quick tests).
+READ_TIMEOUT_S = 30
+DEADLINE_S = 300
+DEADLINE_ENV = "MNIST_DEADLINE"
 _CHUNK = 1 << 16
 
 
@@ -88,7 +95,28 @@ def configured_mirrors(environ=os.environ) -> list[str]:
 
 
 def _is_url(mirror: str) -> bool:
-    return urllib.parse.urlparse(mirror).scheme in ("http", "https", "file", "ftp")
+    return urllib.parse.urlparse(mirror).scheme in ("http", "https", "ftp")
+
+
+def _as_folder(mirror: str) -> Path:
+    """A folder mirror, given as a path or as a file:// URL."""
+    parsed = urllib.parse.urlparse(mirror)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(mirror).expanduser()
+
+
+def fetch_deadline(environ=os.environ) -> float:
+    value = environ.get(DEADLINE_ENV, "")
+    if not value:
+        return DEADLINE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"{DEADLINE_ENV}={value!r} is not a positive number of seconds")
+    return seconds
 
 
 def _progress(name: str, done: int, total: int | None, last_shown: list[int]) -> None:
@@ -100,26 +128,50 @@ def _progress(name: str, done: int, total: int | None, last_shown: list[int]) ->
         if done >= total:
             print(file=sys.stderr)
     elif percent >= last_shown[0] + 25 or done >= total:
-        last_shown[0] = percent
-        print(f"  {name}: {percent}% of {total / 1e6:.1f} MB", file=sys.stderr)
+        last_shown[0] = percent // 25 * 25  # the quarter passed, however large the chunk
+        print(f"  {name}: {last_shown[0]}% of {total / 1e6:.1f} MB", file=sys.stderr)
 
 
-def _fetch_url(url: str, target: Path, name: str) -> None:
-    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response, \
-            open(target, "wb") as out:
-        total = response.length
-        done, last_shown = 0, [0]
-        while chunk := response.read(_CHUNK):
-            out.write(chunk)
-            done += len(chunk)
-            _progress(name, done, total, last_shown)
+class MirrorTimedOut(TimeoutError):
+    """A mirror too slow to finish a file in time: the other files skip it too."""
 
 
-def _fetch_one(mirror: str, name: str, target: Path) -> None:
+def _fetch_url(url: str, target: Path, name: str, deadline: float) -> None:
+    """Download `url` to `target`, giving up once `deadline` seconds have passed in all or
+    READ_TIMEOUT_S without a byte; either way, MirrorTimedOut."""
+    start = time.monotonic()
+    wait = min(READ_TIMEOUT_S, deadline)
+    try:
+        with urllib.request.urlopen(url, timeout=wait) as response, open(target, "wb") as out:
+            total = response.length
+            done, last_shown = 0, [0]
+            # read1: whatever has arrived, so a mirror trickling bytes cannot hold one call
+            while chunk := response.read1(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                _progress(name, done, total, last_shown)
+                if time.monotonic() - start > deadline:
+                    raise MirrorTimedOut(
+                        f"gave up after {deadline:g} s with {done} of "
+                        f"{total if total is not None else '?'} bytes ({DEADLINE_ENV} "
+                        "sets the limit)")
+    except TimeoutError as err:  # socket.timeout: nothing arrived for `wait` seconds
+        if isinstance(err, MirrorTimedOut):
+            raise
+        raise MirrorTimedOut(f"no answer for {wait:g} s") from None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError):
+            raise MirrorTimedOut(f"no answer for {wait:g} s") from None
+        raise
+
+
+def _fetch_one(mirror: str, name: str, target: Path, deadline: float) -> None:
     if _is_url(mirror):
-        _fetch_url(urllib.parse.urljoin(mirror.rstrip("/") + "/", name), target, name)
+        url = urllib.parse.urljoin(mirror.rstrip("/") + "/", name)
+        print(f"  {name}: fetching {url} (up to {deadline:g} s)", file=sys.stderr)
+        _fetch_url(url, target, name, deadline)
     else:
-        shutil.copyfile(Path(mirror).expanduser() / name, target)
+        shutil.copyfile(_as_folder(mirror) / name, target)
 
 
 def verify_checksums(path: Path, name: str) -> None:
@@ -133,18 +185,29 @@ def verify_checksums(path: Path, name: str) -> None:
 
 
 def fetch_canonical(out_dir: Path, mirrors: list[str]) -> Acquired:
-    """Fetch the four canonical files, each from the first mirror that gives a good copy."""
+    """Fetch the four canonical files, each from the first mirror that gives a good copy;
+    a mirror that timed out is not tried again."""
+    deadline = fetch_deadline()
+    timed_out: dict[str, str] = {}
     for name in CANONICAL_FILES:
         target = out_dir / name
         tried: list[str] = []
         for mirror in mirrors:
+            if mirror in timed_out:
+                tried.append(f"{mirror} -> {name}: skipped, it timed out on "
+                             f"{timed_out[mirror]}")
+                continue
             try:
-                _fetch_one(mirror, name, target)
+                _fetch_one(mirror, name, target, deadline)
                 verify_checksums(target, name)
                 print(f"  {name}: verified (from {mirror})", file=sys.stderr)
                 break
             except (OSError, ValueError, http.client.HTTPException) as err:
                 target.unlink(missing_ok=True)
+                if isinstance(err, MirrorTimedOut):
+                    timed_out[mirror] = name
+                    print(f"  {name}: {mirror} timed out ({err}); trying the next mirror",
+                          file=sys.stderr)
                 tried.append(f"{mirror} -> {name}: {err}")
         else:
             listing = "\n".join(f"  - {line}" for line in tried) or "  (no mirrors configured)"

@@ -3,17 +3,27 @@ clear error for a missing or foreign file."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
-from .files import atomic_open
+from .files import atomic_open, fingerprint
 
 
-def save_pt(path: str | Path, data: dict) -> None:
+def save_pt(path: str | Path, data: dict) -> str:
+    """Write `data` to `path` (atomically); return the fingerprint of the bytes written.
+
+    Serialised in memory first: a failed write is then the file's OSError (disk full, ...),
+    not torch's "[enforce fail at inline_container.cc...]", and the fingerprint is known
+    before the file is in place (inside files.together it is renamed last).
+    """
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
     with atomic_open(path, "wb") as handle:
-        torch.save(data, handle)
+        handle.write(buffer.getbuffer())
+    return fingerprint(buffer.getbuffer())
 
 
 def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "") -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import torch
 
 from .dataset import Split, load_tensors, to_float
 from .errors import UserError
-from .files import write_json, write_text
+from .files import together, write_json, write_text
 from .learner import Learner, Optimizer, TrainingDiverged, batched_logits, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
 from .models import book_init_, build_model, n_outputs, save_checkpoint
@@ -144,7 +145,10 @@ def live_log(name: str, learner: Learner) -> Iterator[Live]:
 
     # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
     # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
-    live = Live(dir=str(LIVE_DIR / name), dvcyaml=None, save_dvc_exp=False)
+    try:
+        live = Live(dir=str(LIVE_DIR / name), dvcyaml=None, save_dvc_exp=False)
+    except (OSError, sqlite3.Error) as err:  # DVC's own databases, on a full disk
+        raise UserError(f"could not start DVCLive's log in {LIVE_DIR / name}: {err}") from None
 
     def log_epoch(row: dict) -> None:
         for key in HISTORY_COLUMNS[1:]:
@@ -163,11 +167,13 @@ def live_log(name: str, learner: Learner) -> Iterator[Live]:
 
 
 def train_stage(name: str, params: Params) -> None:
-    """Train `name` ("linear", "mlp" or "cnn") with params.train_<name>; write its outputs."""
+    """Train `name` ("linear", "mlp" or "cnn") with params.train_<name>; write its outputs:
+    all of them new, or (when training or a write fails) all of them as they were."""
     prepared = prepare(name, params)
     stage, cfg, learner, meta = prepared.stage, prepared.cfg, prepared.learner, prepared.meta
     start = time.perf_counter()
-    with live_log(name, learner) as live:
+    # Inside the log's block: a write that fails removes this run's log too.
+    with live_log(name, learner) as live, together():
         try:
             history = (learner.fit_one_cycle(cfg.epochs, cfg.lr) if name == "cnn"
                        else learner.fit(cfg.epochs))
@@ -177,26 +183,29 @@ def train_stage(name: str, params: Params) -> None:
         if learner.hypers:  # a schedule: the learning rate changed every step
             live.log_plot("lr", learner.hypers, x="step", y="lr",
                           title=f"{stage}: learning rate per step (one-cycle)")
-    seconds = time.perf_counter() - start
-
-    preds = predict(batched_logits(learner.model, learner.valid_x))
-    last = history[-1]
-    metrics = {**classification_metrics(preds, learner.valid_y, meta["digits"]),
-               "train_loss": round(last["train_loss"], DECIMALS),
-               "valid_loss": round(last["valid_loss"], DECIMALS),
-               "epochs": cfg.epochs, "n_train": len(learner.train_y),
-               "n_valid": len(learner.valid_y), "source": meta["source"],
-               "split": meta["split"], "threads": prepared.threads.count}
-
-    checkpoint = f"models/{name}.pt"
-    save_checkpoint(checkpoint, learner.model, prepared.config,
-                    training_settings(prepared, params), meta)
-    write_text(f"plots/{name}.tsv", history_tsv(history))
-    write_json(f"metrics/{name}.json", {**metrics, **metrics_origin(meta, checkpoint)})
+        seconds = time.perf_counter() - start
+        metrics = final_metrics(prepared, history)
+        model = save_checkpoint(f"models/{name}.pt", learner.model, prepared.config,
+                                training_settings(prepared, params), meta)
+        write_text(f"plots/{name}.tsv", history_tsv(history))
+        write_json(f"metrics/{name}.json", {**metrics, **metrics_origin(meta, model)})
     print(f"{stage}: accuracy {metrics['accuracy']}, balanced {metrics['balanced_accuracy']}, "
           f"per class {metrics['per_class']} ({seconds:.1f} s on {prepared.device}, "
           f"{seconds / cfg.epochs:.2f} s/epoch, {prepared.threads})",
           file=sys.stderr)
+
+
+def final_metrics(prepared: Prepared, history: list[dict]) -> dict:
+    """metrics/<name>.json: the trained model's scores on the validation set, and what they
+    were computed from."""
+    learner, meta, last = prepared.learner, prepared.meta, history[-1]
+    preds = predict(batched_logits(learner.model, learner.valid_x))
+    return {**classification_metrics(preds, learner.valid_y, meta["digits"]),
+            "train_loss": round(last["train_loss"], DECIMALS),
+            "valid_loss": round(last["valid_loss"], DECIMALS),
+            "epochs": prepared.cfg.epochs, "n_train": len(learner.train_y),
+            "n_valid": len(learner.valid_y), "source": meta["source"],
+            "split": meta["split"], "threads": prepared.threads.count}
 
 
 def read_history(path: str | Path) -> list[dict]:
