@@ -14,8 +14,9 @@ from stages.lib.idx import read_idx
 from stages.lib.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
                                 configured_mirrors, detect_layout, fetch_canonical,
                                 load_local_folder, load_mnist_5k)
-from tests.helpers import (canonical_digests_of, serve_folder, serve_slowly, silent_server,
-                           tiny_digits, write_idx_folder, write_png_folder)
+from tests.helpers import (canonical_digests_of, make_project, run_module, serve_folder,
+                           serve_slowly, silent_server, tiny_digits, write_idx_folder,
+                           write_png_folder)
 
 
 @pytest.fixture
@@ -199,7 +200,8 @@ def test_png_files_are_read_in_numeric_order(tmp_path):
     digit_dir.mkdir(parents=True)
     for n in (10, 9, 100):
         Image.fromarray(np.full((28, 28), n, dtype=np.uint8)).save(digit_dir / f"{n}.png")
-    images, _ = sources.read_png_folder(tmp_path / "train")
+    images, _, ignored = sources.read_png_folder(tmp_path / "train")
+    assert ignored == []
     assert images[:, 0, 0].tolist() == [9, 10, 100]
 
 
@@ -208,6 +210,58 @@ def test_png_that_is_not_28x28_grayscale(tmp_path, out_dir, size, mode):
     folder = write_png_folder(tmp_path / "s", "mnist_sample", per_digit=1, size=size, mode=mode)
     with pytest.raises(UserError, match=r"\.png: expected a 28×28 grayscale PNG"):
         load_local_folder(folder, out_dir)
+
+
+def broken_pngs(class_dir):
+    """A truncated PNG, a text file named .png, and a JPEG named .png."""
+    from PIL import Image
+
+    whole = next(class_dir.glob("*.png")).read_bytes()
+    (class_dir / "900.png").write_bytes(whole[: len(whole) // 2])
+    (class_dir / "901.png").write_text("not an image")
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(class_dir / "902.png",
+                                                             format="JPEG")
+
+
+def test_every_broken_png_is_named_in_one_error(tmp_path, out_dir):
+    folder = write_png_folder(tmp_path / "s", "mnist_sample", per_digit=1)
+    class_dir = folder / "train" / "3"
+    broken_pngs(class_dir)
+    with pytest.raises(UserError) as err:
+        load_local_folder(folder, out_dir)
+    message = str(err.value)
+    assert f"{folder / 'train'}: 3 file(s) cannot be used" in message
+    assert f"{class_dir / '900.png'}: cannot be decoded" in message
+    assert f"{class_dir / '901.png'}: not an image Pillow can read" in message
+    assert f"{class_dir / '902.png'}: not a PNG but JPEG" in message
+
+
+def test_other_images_are_an_error_and_other_files_a_warning(tmp_path, out_dir, capsys):
+    folder = write_png_folder(tmp_path / "s", "mnist_sample", per_digit=1)
+    (folder / "train" / "7" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "train" / "7" / "notes.txt").write_text("from my phone")
+    (folder / "valid" / "labels.csv").write_text("file,label")
+    acquired = load_local_folder(folder, out_dir)
+    warning = capsys.readouterr().err
+    assert "WARNING: 3 entries left out as not MNIST images" in warning
+    for name in ("train/7/.DS_Store (not an image)", "train/7/notes.txt (not an image)",
+                 "valid/labels.csv (not a digit folder 0-9)"):
+        assert name in warning and any(i.endswith(name) for i in acquired.notes["ignored"])
+    from PIL import Image
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(folder / "train/7/photo.jpg")
+    with pytest.raises(UserError, match=r"photo.jpg: a .jpg image; only .png files are read"):
+        load_local_folder(folder, out_dir)
+
+
+def test_a_broken_png_through_the_download_stage_is_one_line_no_traceback(tmp_path):
+    folder = write_png_folder(tmp_path / "s", "mnist_sample", per_digit=1)
+    broken_pngs(folder / "valid" / "7")
+    project = make_project(tmp_path / "project", {"data.source": str(folder)})
+    result = run_module(project, "stages.download")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error in stage 'download'" in result.stderr and "900.png: cannot be decoded" \
+        in result.stderr
+    assert not (project / "data/raw").exists()
 
 
 def test_empty_class_folder(tmp_path, out_dir):

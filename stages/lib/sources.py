@@ -253,9 +253,11 @@ PNG_LAYOUTS = {
 }
 
 
+_DIGIT_NAMES = [str(d) for d in range(10)]
+
+
 def _digit_folders(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name in "0123456789"
-                  and len(p.name) == 1)
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name in _DIGIT_NAMES)
 
 
 def detect_layout(folder: Path) -> str:
@@ -283,23 +285,66 @@ def _png_sort_key(path: Path):
     return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
 
 
-def read_png_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All PNGs under split_dir/<digit>/, as N×28×28 uint8 images and their digit labels."""
-    from PIL import Image  # only PNG sources need Pillow
+# In a class folder: PNGs are read; other images are an error (they would be dropped from
+# the data); anything else (.DS_Store, Thumbs.db, notes) is named in a warning and left.
+OTHER_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+_LISTED = 10
 
-    images, labels = [], []
+
+def _listing(lines: list[str]) -> str:
+    more = f"\n  ... and {len(lines) - _LISTED} more" if len(lines) > _LISTED else ""
+    return "\n".join(f"  {line}" for line in lines[:_LISTED]) + more
+
+
+def _read_png(file: Path) -> np.ndarray:
+    """One 28×28 grayscale PNG, decoded in full; ValueError says what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            if image.format != "PNG":
+                raise ValueError(f"not a PNG but {image.format}")
+            if image.mode != "L" or image.size != (28, 28):
+                raise ValueError(f"expected a 28×28 grayscale PNG, got "
+                                 f"{image.size[0]}×{image.size[1]} mode {image.mode}")
+            image.load()  # decode every pixel now: a truncated file fails here
+            return np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError("not an image Pillow can read") from None
+    except (OSError, SyntaxError) as err:  # Pillow's errors for broken and truncated files
+        raise ValueError(f"cannot be decoded ({err})") from None
+
+
+def read_png_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All PNGs under split_dir/<digit>/, as N×28×28 uint8 images and their digit labels,
+    and the files left out as not images (named, for a warning). Every other file is read,
+    or is an error naming it."""
+    images, labels, problems, ignored = [], [], [], []
+    for entry in sorted(split_dir.iterdir()):
+        if not (entry.is_dir() and entry.name in _DIGIT_NAMES):
+            ignored.append(f"{entry} (not a digit folder 0-9)")
     for digit_dir in _digit_folders(split_dir):
-        files = sorted(digit_dir.glob("*.png"), key=_png_sort_key)
-        if not files:
-            raise UserError(f"{digit_dir}: empty class folder (no .png files)")
-        for file in files:
-            with Image.open(file) as image:
-                if image.mode != "L" or image.size != (28, 28):
-                    raise UserError(f"{file}: expected a 28×28 grayscale PNG, got "
-                                    f"{image.size[0]}×{image.size[1]} mode {image.mode}")
-                images.append(np.asarray(image, dtype=np.uint8))
-        labels.extend([int(digit_dir.name)] * len(files))
-    return np.stack(images), np.asarray(labels, dtype=np.uint8)
+        entries = sorted(digit_dir.iterdir(), key=_png_sort_key)
+        pngs = [e for e in entries if e.is_file() and e.suffix.lower() == ".png"]
+        for entry in sorted(set(entries).difference(pngs)):
+            if entry.is_file() and entry.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+                problems.append(f"{entry}: a {entry.suffix} image; only .png files are read "
+                                "(convert it, or move it out of the class folder)")
+            else:
+                ignored.append(f"{entry} (not an image)" if entry.is_file()
+                               else f"{entry} (a folder inside a class folder)")
+        if not pngs:
+            problems.append(f"{digit_dir}: empty class folder (no .png files)")
+        for file in pngs:
+            try:
+                images.append(_read_png(file))
+                labels.append(int(digit_dir.name))
+            except ValueError as err:
+                problems.append(f"{file}: {err}")
+    if problems:
+        raise UserError(f"{split_dir}: {len(problems)} file(s) cannot be used:\n"
+                        f"{_listing(problems)}")
+    return np.stack(images), np.asarray(labels, dtype=np.uint8), ignored
 
 
 def _write_split(out_dir: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -320,10 +365,16 @@ def load_local_folder(folder: Path, out_dir: Path) -> Acquired:
                 raise UserError(f"{folder / name}: {err}; it is not the canonical MNIST file "
                                 "(truncated or corrupted?)") from None
         return Acquired(source="mnist", splits=["train", "test"], notes={"folder": str(folder)})
+    notes = {"folder": str(folder), "ignored": []}
     for split, sub in PNG_LAYOUTS[layout].items():
         print(f"  reading PNGs under {folder / sub}", file=sys.stderr)
-        _write_split(out_dir, split, *read_png_folder(folder / sub))
-    return Acquired(source=layout, splits=["train", "test"], notes={"folder": str(folder)})
+        images, labels, ignored = read_png_folder(folder / sub)
+        _write_split(out_dir, split, images, labels)
+        notes["ignored"] += ignored
+    if notes["ignored"]:
+        print(f"WARNING: {len(notes['ignored'])} entries left out as not MNIST images (listed "
+              f"in data/raw/manifest.json):\n{_listing(notes['ignored'])}", file=sys.stderr)
+    return Acquired(source=layout, splits=["train", "test"], notes=notes)
 
 
 # --- putting it together ---------------------------------------------------------------
