@@ -25,7 +25,7 @@ def main() -> None:
 
     train, valid = build_splits(RAW_DIR, data.digits, split, data.valid_pct, params.base.seed)
     counts = {"train": class_counts(train, data.digits), "valid": class_counts(valid, data.digits)}
-    check_no_empty_class(counts)
+    check_no_empty_class(counts, split, data.valid_pct, source)
 
     targets = target_digits(data.digits)
     with atomic_dir(TENSOR_DIR) as out:

@@ -57,9 +57,21 @@ def test_digits_missing_from_the_source():
         check_digits_available([3, 4], [3, 7], "mnist_sample")
 
 
-def test_empty_class_is_an_error():
-    with pytest.raises(UserError, match="no images of digit.* 7 in the valid split"):
-        check_no_empty_class({"train": {"3": 5, "7": 5}, "valid": {"3": 1, "7": 0}})
+@pytest.mark.parametrize("counts, split, advice", [
+    ({"train": {"3": 5, "7": 5}, "valid": {"3": 1, "7": 0}}, "random",
+     "in the valid split: data.valid_pct: 0.01 leaves none for validation; raise "
+     "data.valid_pct"),
+    ({"train": {"3": 5, "7": 0}, "valid": {"3": 1, "7": 2}}, "random",
+     "in the train split: data.valid_pct: 0.01 puts them all in validation; lower "
+     "data.valid_pct"),
+    ({"train": {"3": 5, "7": 5}, "valid": {"3": 1, "7": 0}}, "official",
+     "in the valid split: source 'mnist_png' has none in its test set; pick other digits, "
+     "or use data.split: random"),
+])
+def test_an_empty_class_gets_the_advice_that_fits(counts, split, advice):
+    with pytest.raises(UserError) as err:
+        check_no_empty_class(counts, split, 0.01, "mnist_png")
+    assert str(err.value).startswith(f"data.digits: no images of digit(s) 7 {advice}")
 
 
 def write_raw(folder, with_test=True):

@@ -3,6 +3,7 @@ offline fallback, mnist-5k, and local folders in each accepted layout."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from stages.lib.idx import read_idx
 from stages.lib.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
                                 configured_mirrors, detect_layout, fetch_canonical,
                                 load_local_folder, load_mnist_5k)
-from tests.helpers import (canonical_digests_of, make_project, run_module, serve_folder,
+from tests.helpers import (canonical_digests_of, make_project, run, run_module, serve_folder,
                            serve_slowly, silent_server, tiny_digits, write_idx_folder,
                            write_png_folder)
 
@@ -272,8 +273,30 @@ def test_empty_class_folder(tmp_path, out_dir):
 
 
 def test_missing_local_folder(tmp_path, out_dir):
-    with pytest.raises(UserError, match="nope' is not a known source and no such folder"):
+    with pytest.raises(UserError, match=r"nope' is not a known source \(auto, mnist, "
+                                        r"mnist-5k\) and no such folder exists;"):
         acquire(str(tmp_path / "nope"), out_dir, mirrors=[])
+
+
+def test_a_missing_relative_folder_shows_where_it_was_looked_for(tmp_path, out_dir,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        acquire("my_mnist", out_dir, mirrors=[])
+    assert f"(looked for {tmp_path / 'my_mnist'}: a relative path" in str(err.value)
+    assert "`dvc exp run --temp` or `--queue`" in str(err.value)
+
+
+def test_a_relative_folder_under_exp_run_temp_names_the_temporary_copy(tmp_path):
+    # The folder exists beside the workspace's params.yaml, but is not in git, so the
+    # temporary copy DVC runs the experiment in does not have it.
+    project = make_project(tmp_path / "project")
+    write_png_folder(project / "my_mnist", "mnist_sample", per_digit=1)
+    result = run(project, "dvc", "exp", "run", "--temp", "-S", "data.source=my_mnist",
+                 check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    looked_in = re.search(r"looked for (\S+)/my_mnist:", result.stderr)
+    assert looked_in and ".dvc/tmp/exps/" in looked_in.group(1), result.stderr
 
 
 def test_unknown_source_suggests_the_closest_name(out_dir):

@@ -119,12 +119,25 @@ def class_counts(split: Split, digits: list[int]) -> dict[str, int]:
     return {str(d): int(counts[t]) for d, t in zip(digits, targets_in_digit_order(digits))}
 
 
-def check_no_empty_class(counts: dict[str, dict[str, int]]) -> None:
+def check_no_empty_class(counts: dict[str, dict[str, int]], split: str, valid_pct: float,
+                         source: str) -> None:
+    """Every digit has images in both splits; the advice depends on why one has none."""
     for split_name, per_digit in counts.items():
-        empty = [d for d, n in per_digit.items() if n == 0]
-        if empty:
-            raise UserError(f"data.digits: no images of digit(s) {', '.join(empty)} in the "
-                            f"{split_name} split; raise data.valid_pct or pick other digits")
+        empty = ", ".join(d for d, n in per_digit.items() if n == 0)
+        if not empty:
+            continue
+        if split == "official":
+            held = "training set" if split_name == "train" else "test set"
+            advice = (f"source {source!r} has none in its {held}; pick other digits, or use "
+                      "data.split: random to validate on part of the training set")
+        elif split_name == "valid":
+            advice = (f"data.valid_pct: {valid_pct} leaves none for validation; raise "
+                      "data.valid_pct or pick other digits")
+        else:
+            advice = (f"data.valid_pct: {valid_pct} puts them all in validation; lower "
+                      "data.valid_pct or pick other digits")
+        raise UserError(f"data.digits: no images of digit(s) {empty} in the {split_name} "
+                        f"split: {advice}")
 
 
 def save_split(split: Split, path: Path) -> None:

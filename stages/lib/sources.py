@@ -265,9 +265,12 @@ def detect_layout(folder: Path) -> str:
     if not folder.is_dir():
         close = difflib.get_close_matches(str(folder), NAMED_SOURCES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"data.source: {str(folder)!r} is not a known source and no such "
-                        f"folder exists (expected one of {', '.join(NAMED_SOURCES)}, or a "
-                        f"folder holding MNIST){hint}")
+        where = "" if folder.is_absolute() else (
+            f" (looked for {folder.absolute()}: a relative path is found from the folder the "
+            "stage runs in, which under `dvc exp run --temp` or `--queue` is a temporary "
+            "copy of the project; give an absolute path)")
+        raise UserError(f"data.source: {str(folder)!r} is not a known source "
+                        f"({', '.join(NAMED_SOURCES)}) and no such folder exists{where}{hint}")
     if all((folder / name).is_file() for name in CANONICAL_FILES):
         return "idx"
     for layout, splits in PNG_LAYOUTS.items():
