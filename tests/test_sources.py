@@ -274,7 +274,7 @@ def test_empty_class_folder(tmp_path, out_dir):
 
 def test_missing_local_folder(tmp_path, out_dir):
     with pytest.raises(UserError, match=r"nope' is not a known source \(auto, mnist, "
-                                        r"mnist-5k\) and no such folder exists;"):
+                                        r"mnist-5k\) and no such folder exists$"):
         acquire(str(tmp_path / "nope"), out_dir, mirrors=[])
 
 
