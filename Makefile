@@ -22,6 +22,7 @@ $(STAMP): requirements.txt
 	touch $@
 
 run: $(STAMP)  ## run the pipeline (dvc repro), print each model's accuracy
+	@python -m stages.refetch
 	dvc repro
 	@echo
 	@python -m stages.summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import torch
 
@@ -71,3 +72,27 @@ def test_offline_repro_falls_back_to_mnist_5k(ten_digit_project):
     assert meta["n_train"] + meta["n_valid"] == 5000
     for name in ("baseline", "linear", "mlp", "cnn"):
         assert read_json(project / f"metrics/{name}.json")["source"] == "mnist-5k"
+
+
+def test_make_run_gets_real_mnist_once_it_can_be_had(ten_digit_project, tmp_path,
+                                                      shared_mnist):
+    # `make run` starts with stages.refetch; plain `dvc repro` says "up to date" here.
+    project = copy_project(ten_digit_project[0], tmp_path / "copy")
+    assert "up to date" in run(project, "dvc", "status").stdout
+    still_offline = run(project, sys.executable, "-m", "stages.refetch")
+    assert "trying real MNIST again" in still_offline.stderr
+    assert "WARNING: full MNIST could not be downloaded" in still_offline.stderr
+    # The same bytes again: nothing after the download reruns.
+    assert "up to date" in run(project, "dvc", "status").stdout
+
+    online = run(project, sys.executable, "-m", "stages.refetch", mirrors=str(shared_mnist))
+    assert "verified (from" in online.stderr
+    assert read_json(project / "data/raw/manifest.json")["source"] == "mnist"
+    status = run(project, "dvc", "status").stdout
+    assert "tensorise:" in status and "modified:           data/raw" in status
+
+
+def test_refetch_does_nothing_after_a_download_that_did_not_fall_back(book_copy):
+    result = run(book_copy, sys.executable, "-m", "stages.refetch")
+    assert result.stdout == result.stderr == ""
+    assert "up to date" in run(book_copy, "dvc", "status").stdout

