@@ -132,7 +132,7 @@ def test_auto_falls_back_to_mnist_5k_with_a_warning(out_dir, capsys):
     assert acquired.notes["fallback"]
     warning = capsys.readouterr().err
     assert "WARNING: full MNIST could not be downloaded" in warning
-    assert "data.source=mnist" in warning and "MNIST_MIRRORS" in warning
+    assert "`make run` (it tries again after a fallback)" in warning and "MNIST_MIRRORS" in warning
 
 
 def test_auto_uses_a_mirror_when_one_answers(tiny_mirror, out_dir):
