@@ -104,9 +104,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_folder(folder: Path):
+def serve_folder(folder: Path, handler_class: type = _QuietHandler):
     """Serve `folder` on 127.0.0.1 (a free port) for the duration; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+    handler = functools.partial(handler_class, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -117,27 +117,18 @@ def serve_folder(folder: Path):
         server.server_close()
 
 
-@contextlib.contextmanager
-def serve_slowly(folder: Path, bytes_per_write: int = 64, pause_s: float = 0.2):
+class _TrickleHandler(_QuietHandler):
+    def copyfile(self, source, outputfile):  # 64 bytes every 0.2 s
+        while chunk := source.read(64):
+            outputfile.write(chunk)
+            outputfile.flush()
+            time.sleep(0.2)
+
+
+def serve_slowly(folder: Path):
     """Serve `folder` a few bytes at a time: each read gets data well within any per-read
     timeout, but a file takes for ever. Yields the base URL."""
-    class Trickle(_QuietHandler):
-        def copyfile(self, source, outputfile):
-            while chunk := source.read(bytes_per_write):
-                outputfile.write(chunk)
-                outputfile.flush()
-                time.sleep(pause_s)
-
-    handler = functools.partial(Trickle, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serve_folder(folder, _TrickleHandler)
 
 
 @contextlib.contextmanager

@@ -146,7 +146,8 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
     sections = [
         "# MNIST basics: results", *warning,
         f"Digits {digits} from **{meta['source']}**, validation split **{meta['split']}** "
-        f"({meta['n_train']} training and {meta['n_valid']} validation images).",
+        f"({meta['n_train']} training and {meta['n_valid']} validation images; every model "
+        f"below was computed from these tensors, fingerprint `{meta['tensors']}`).",
         "## Models", results_table(results, meta), book_note,
         "Accuracy is pooled over the validation set; balanced accuracy is the mean of the "
         "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
