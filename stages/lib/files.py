@@ -175,8 +175,8 @@ def read_json(path: str | os.PathLike, what: str):
 
 def parse_yaml(text: str, what: str):
     """Parse YAML exactly as DVC does (ruamel.yaml's safe loader: YAML 1.2, duplicate keys
-    rejected), so a value here is the value `dvc params show` prints: `010` is 10, `1e-3`
-    a float, `yes` a string."""
+    rejected), so a value here is the value `dvc params diff` and `dvc exp show` print:
+    `010` is 10, `1e-3` a float, `yes` a string."""
     from ruamel.yaml import YAML, YAMLError
 
     try:
