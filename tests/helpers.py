@@ -119,10 +119,11 @@ def serve_folder(folder: Path, handler_class: type = _QuietHandler):
 
 class _TrickleHandler(_QuietHandler):
     def copyfile(self, source, outputfile):  # 64 bytes every 0.2 s
-        while chunk := source.read(64):
-            outputfile.write(chunk)
-            outputfile.flush()
-            time.sleep(0.2)
+        with contextlib.suppress(ConnectionError):  # the client gave up: as it should
+            while chunk := source.read(64):
+                outputfile.write(chunk)
+                outputfile.flush()
+                time.sleep(0.2)
 
 
 def serve_slowly(folder: Path):

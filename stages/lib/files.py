@@ -53,13 +53,15 @@ def remove_stale_temps(path: Path) -> list[Path]:
 
 
 def _is_running(pid: int) -> bool:
+    """Whether process `pid` is alive; a zombie (killed, not yet reaped) is not."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process
+    except psutil.AccessDenied:  # another user's process: leave its files alone
         return True
-    return True
 
 
 class WriteFailed(UserError):
