@@ -375,8 +375,10 @@ def load_local_folder(folder: Path, out_dir: Path) -> Acquired:
         _write_split(out_dir, split, images, labels)
         notes["ignored"] += ignored
     if notes["ignored"]:
-        print(f"WARNING: {len(notes['ignored'])} entries left out as not MNIST images (listed "
-              f"in data/raw/manifest.json):\n{_listing(notes['ignored'])}", file=sys.stderr)
+        count = len(notes["ignored"])
+        print(f"WARNING: {count} {'entry' if count == 1 else 'entries'} left out as not MNIST "
+              f"images (listed in data/raw/manifest.json):\n{_listing(notes['ignored'])}",
+              file=sys.stderr)
     return Acquired(source=layout, splits=["train", "test"], notes=notes)
 
 
