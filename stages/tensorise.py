@@ -11,6 +11,7 @@ from stages.lib.dataset import (TENSOR_DIR, build_splits, check_digits_available
 from stages.lib.errors import run_stage
 from stages.lib.files import atomic_dir, read_json, write_json
 from stages.lib.params import load_params
+from stages.lib.sources import check_manifest
 
 RAW_DIR = Path("data/raw")
 
@@ -19,6 +20,7 @@ def main() -> None:
     params = load_params()
     data = params.data
     manifest = read_json(RAW_DIR / "manifest.json", "the download manifest")
+    check_manifest(RAW_DIR, manifest)
     source = manifest["source"]
     split = resolve_split(data.split, manifest["splits"], source)
     check_digits_available(data.digits, manifest["digits"], source)

@@ -85,6 +85,19 @@ def test_missing_local_folder(project, tmp_path):
     assert_user_error(run_stage(project, "download"), "no-such-folder' is not a known source")
 
 
+def test_tensorise_refuses_raw_files_the_manifest_does_not_list(project):
+    set_params(project, {"data.source": "mnist-5k"})
+    run_stage(project, "download", check=True)
+    labels = project / "data/raw/train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-20])  # changed since the download: damaged
+    assert_user_error(run_module(project, "stages.tensorise"),
+                      "data/raw/train-labels-idx1-ubyte.gz is not the file data/raw/manifest.json "
+                      "lists (its sha256 differs)", "rerun `dvc repro download`")
+    labels.unlink()
+    assert_user_error(run_module(project, "stages.tensorise"),
+                      "train-labels-idx1-ubyte.gz is missing, though data/raw/manifest.json")
+
+
 def test_tensorise_before_download(project):
     assert_user_error(run_module(project, "stages.tensorise"), "the download manifest not found")
 

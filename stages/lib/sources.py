@@ -426,6 +426,20 @@ def warn_fallback(err: Exception) -> None:
           file=sys.stderr)
 
 
+def check_manifest(raw_dir: Path, manifest: dict) -> None:
+    """The files in raw_dir are the ones its manifest lists, by sha256: what tensorise
+    reads is what the download stage fetched and verified."""
+    for name, recorded in manifest["files"].items():
+        path = raw_dir / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing, though {raw_dir}/manifest.json lists it; "
+                            "rerun `dvc repro download`")
+        if file_digests(path)["sha256"] != recorded["sha256"]:
+            raise UserError(f"{path} is not the file {raw_dir}/manifest.json lists (its "
+                            "sha256 differs): it changed after the download stage ran; rerun "
+                            "`dvc repro download`")
+
+
 def build_manifest(acquired: Acquired, out_dir: Path, requested: str) -> dict:
     """What the download produced: the source used and each file's sha256."""
     files = {}
