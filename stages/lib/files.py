@@ -243,14 +243,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the folder `tmp` at `path`; if that fails, the previous folder stays there."""
+    old = None
     try:
-        old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path),
                                         suffix=".old"))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
     except OSError as err:
+        if old is not None and (old / path.name).exists():
+            os.replace(old / path.name, path)
         raise WriteFailed(path, err) from None
+    if old is not None:
+        shutil.rmtree(old)

@@ -80,10 +80,10 @@ def stale_outputs(meta: dict, outputs: ModelOutputs) -> list[str]:
 def check_one_run(meta: dict, outputs: list[ModelOutputs], reader: str) -> None:
     """Refuse, naming each stale file and its stage, unless every output was computed from
     the tensors in `meta` and each stage's outputs from one run of it."""
-    problems = [problem for out in outputs for problem in stale_outputs(meta, out)]
+    found = {out.stage: stale_outputs(meta, out) for out in outputs}
+    problems = [problem for stage_problems in found.values() for problem in stage_problems]
     if problems:
-        stages = " ".join(dict.fromkeys(out.stage for out in outputs
-                                        if stale_outputs(meta, out)))
+        stages = " ".join(stage for stage, stage_problems in found.items() if stage_problems)
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise UserError(
             f"{reader}'s inputs do not all come from one run. data/tensors holds digits "
