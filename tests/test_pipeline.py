@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import sys
+from pathlib import Path
 
 import torch
 
+from stages.lib.files import read_yaml
 from stages.lib.sources import CANONICAL_FILES
 
-from tests.helpers import (copy_project, read_json, run, set_params,
+from tests.helpers import (ROOT, copy_project, read_json, run, set_params,
                            stages_run)
+
+
+# Code every stage runs that cannot change an output: how errors are shown, and the
+# validation of params whose values DVC itself tracks (read exactly as DVC reads them).
+NOT_A_DEPENDENCY = {"stages/lib/errors.py", "stages/lib/params.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The stages/lib modules `path` imports, directly or through each other."""
+    found, todo = set(), [path]
+    while todo:
+        for node in ast.walk(ast.parse(todo.pop().read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = node.module or ""
+            names = ([module] if node.level == 1 else
+                     [module.removeprefix("stages.lib.")] if module.startswith("stages.lib.")
+                     else [alias.name for alias in node.names] if module == "stages.lib"
+                     else [])
+            for name in names:
+                lib = ROOT / "stages/lib" / f"{name}.py"
+                if lib.is_file() and lib not in found:
+                    found.add(lib)
+                    todo.append(lib)
+    return {str(p.relative_to(ROOT)) for p in found}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    # A module a stage imports but dvc.yaml does not list would change its outputs without
+    # DVC rerunning it: last run's numbers, silently kept.
+    stages = read_yaml(ROOT / "dvc.yaml", "dvc.yaml")["stages"]
+    for name, stage in stages.items():
+        script = ROOT / (stage["cmd"].split()[-1].replace(".", "/") + ".py")
+        missing = imported_modules(script) - NOT_A_DEPENDENCY - set(stage.get("deps", []))
+        assert not missing, f"{name}: dvc.yaml does not list {sorted(missing)}"
+        assert name == "check_params" or str(script.relative_to(ROOT)) in stage["deps"]
 
 
 def test_repro_downloads_and_verifies_real_mnist(book_project):
