@@ -34,13 +34,14 @@ def scores(accuracy, balanced):
             "per_class": {"3": balanced, "7": balanced}}
 
 
-def write_run(folder, params=BOOK_PARAMS, common=COMMON, tensorised=TENSORS):
+def write_run(folder, params=BOOK_PARAMS, common=COMMON, tensorised=TENSORS,
+              cnn=(0.9966, 0.9965)):
     """metrics/*.json and the dvc.lock that records them, as `dvc repro` leaves them;
     `tensorised`: what dvc.lock says tensorise last wrote."""
     metrics = {"baseline": {"l1": scores(0.9514, 0.9511), "l2": scores(0.9661, 0.9661), **common},
                "linear": {**scores(0.9725, 0.9724), **common},
                "mlp": {**scores(0.9828, 0.9828), **common},
-               "cnn": {**scores(0.9966, 0.9965), **common}}
+               "cnn": {**scores(*cnn), **common}}
     stages = {}
     (folder / "metrics").mkdir()
     for stage, stage_params in params.items():
@@ -75,6 +76,15 @@ def test_book_settings_get_the_books_figure_and_others_a_dash(tmp_path):
     other.mkdir()
     write_run(other, changed)
     assert table(run_module(other, "stages.summary", check=True).stdout)["mlp"][2] == "—"
+
+
+def test_a_model_no_better_than_chance_is_called_out(tmp_path):
+    # As after an offline fallback: the CNN's one epoch on 800 images is 6 steps.
+    write_run(tmp_path, cnn=(0.4950, 0.5000))
+    output = run_module(tmp_path, "stages.summary", check=True).stdout
+    assert ("cnn: balanced accuracy 0.5000 is chance level for 2 digits: it learnt nothing "
+            "(1 epoch(s) of 12396 images in batches of 128)") in output
+    assert "mlp: balanced" not in output and "linear: balanced" not in output
 
 
 def test_a_metrics_file_changed_after_dvc_ran_is_an_error(tmp_path):

@@ -83,13 +83,26 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
             "n_valid": first["n_valid"],
             "digits": stage_params(stages, "tensorise").get("data.digits"),
             "requested": stage_params(stages, "download").get("data.source")}
-    rows = []
+    rows, meta["at_chance"] = [], []
     for name, stage, _, key in MODELS:
         scores = metrics[stage]["l1"] if stage == "baseline" else metrics[stage]
-        figure = book_figure(key, settings(stage_params(stages, stage), stage), meta)
+        trained_with = settings(stage_params(stages, stage), stage)
+        figure = book_figure(key, trained_with, meta)
         rows.append([name, f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}",
                      figure_text(figure, per_class=False)])
+        if at_chance(scores["balanced_accuracy"], len(scores["per_class"])):
+            how = (f" ({trained_with['epochs']} epoch(s) of {meta['n_train']} images in "
+                   f"batches of {trained_with['batch_size']})" if "epochs" in trained_with
+                   else "")
+            meta["at_chance"].append(
+                f"{name}: balanced accuracy {scores['balanced_accuracy']:.4f} is chance level "
+                f"for {len(scores['per_class'])} digits: it learnt nothing{how}")
     return meta, rows
+
+
+def at_chance(balanced_accuracy: float, n_classes: int) -> bool:
+    """No better than guessing one class (within a few points): a number not to trust."""
+    return balanced_accuracy < 1 / n_classes + 0.05
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -110,6 +123,8 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
         lines.append(text_table(["model", "accuracy", "balanced"], [r[:3] for r in rows]))
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
+    if meta.get("at_chance"):
+        lines += ["", *meta["at_chance"]]
     if fell_back(meta["source"], meta["requested"]):
         lines += ["", FALLBACK_WARNING]
     lines += ["", "Details: report/report.md; per metric: dvc metrics show"]
