@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+import psutil
+
 from .errors import UserError
 
 _CHUNK = 1 << 20
@@ -54,8 +56,6 @@ def remove_stale_temps(path: Path) -> list[Path]:
 
 def _is_running(pid: int) -> bool:
     """Whether process `pid` is alive; a zombie (killed, not yet reaped) is not."""
-    import psutil
-
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

@@ -155,9 +155,9 @@ def _fetch_url(url: str, target: Path, name: str, deadline: float) -> None:
                         f"gave up after {deadline:g} s with {done} of "
                         f"{total if total is not None else '?'} bytes ({DEADLINE_ENV} "
                         "sets the limit)")
-    except TimeoutError as err:  # socket.timeout: nothing arrived for `wait` seconds
-        if isinstance(err, MirrorTimedOut):
-            raise
+    except MirrorTimedOut:
+        raise
+    except TimeoutError:  # socket.timeout: nothing arrived for `wait` seconds
         raise MirrorTimedOut(f"no answer for {wait:g} s") from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError):
