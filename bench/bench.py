@@ -257,7 +257,7 @@ def our_cnn_epoch(project: Path) -> dict:
     accuracy = history[-1]["valid_accuracy"]
     return {"seconds": seconds, "accuracy": accuracy, "n_valid": len(learner.valid_y),
             "wrong": round((1 - accuracy) * len(learner.valid_y)),
-            "batch_size": learner.batch_size}
+            "batch_size": learner.batch_size, "lr": prepared.cfg.lr}
 
 
 def fastai_python() -> Path:
@@ -322,11 +322,11 @@ def print_report(results: dict) -> None:
     print(f"large torch.mm (2048²): {results['matmul_gflops']:.1f} GFLOP/s")
     if "cnn" in results:
         ours, book = results["cnn"]["ours"], results["cnn"].get("fastai")
-        print("\nresnet18, one epoch of fit_one_cycle(1, 0.1) on MNIST 3/7")
-        print(f"{'':<22}{'seconds':>9}{'batch':>7}{'accuracy':>10}{'wrong':>7}")
+        print("\nresnet18, one epoch of fit_one_cycle(1, lr) on MNIST 3/7")
+        print(f"{'':<22}{'seconds':>9}{'batch':>7}{'lr':>7}{'accuracy':>10}{'wrong':>7}")
         for label, row in (("ours (train_cnn)", ours), ("fastai, book's code", book)):
             if row:
-                print(f"{label:<22}{row['seconds']:>9.1f}{row['batch_size']:>7}"
+                print(f"{label:<22}{row['seconds']:>9.1f}{row['batch_size']:>7}{row['lr']:>7g}"
                       f"{row['accuracy']:>10.4f}{row['wrong']:>7}")
         if book:
             print(f"speed-up: {book['seconds'] / ours['seconds']:.2f}x")

@@ -19,14 +19,15 @@ def main(path: str) -> None:
     dls = ImageDataLoaders.from_folder(path)
     learn = vision_learner(dls, resnet18, pretrained=False, loss_func=F.cross_entropy,
                            metrics=accuracy)
+    lr = 0.1
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(1, 0.1)
+        learn.fit_one_cycle(1, lr)
     seconds = time.perf_counter() - start
     train_loss, valid_loss, acc = learn.recorder.values[-1]
     n_valid = len(dls.valid_ds)
     print(json.dumps({"seconds": seconds, "accuracy": float(acc), "n_valid": n_valid,
-                      "wrong": round((1 - float(acc)) * n_valid), "batch_size": dls.bs,
+                      "wrong": round((1 - float(acc)) * n_valid), "batch_size": dls.bs, "lr": lr,
                       "train_loss": float(train_loss), "valid_loss": float(valid_loss)}))
 
 
