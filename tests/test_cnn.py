@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stages.lib.dataset import load_tensors
 from stages.lib.models import load_checkpoint
 from stages.lib.optim import one_cycle
 from tests.helpers import (copy_project, make_project, read_json, run, run_module, run_stage,
@@ -32,6 +33,11 @@ def test_cnn_checkpoint_records_the_schedule_it_followed(book_project):
     schedule = one_cycle(training["lr"])
     assert training["hypers"]["lr"] == [schedule["lr"](s / steps) for s in range(steps)]
     assert training["hypers"]["mom"] == [schedule["mom"](s / steps) for s in range(steps)]
+    # The input is standardised by the training pixels' own mean and std.
+    pixels = load_tensors(project / "data/tensors")[1].images.double() / 255
+    config = checkpoint["config"]
+    assert abs(config["input_mean"] - pixels.mean().item()) <= 5e-5
+    assert abs(config["input_std"] - pixels.std(correction=0).item()) <= 5e-5
 
 
 def test_cnn_retrains_bit_for_bit(tmp_path):

@@ -13,7 +13,7 @@ from torch import nn
 from stages.lib.errors import UserError
 from stages.lib.learner import Learner, bce_loss, cross_entropy_loss
 from stages.lib.lr_find import lr_find, valley
-from stages.lib.models import build_model
+from stages.lib.models import build_model, input_stats
 from stages.lib.optim import SGD, Adam, combined_cos, decay_and_no_decay, one_cycle, sched_exp
 from tests.test_learner import block_data, make_learner
 
@@ -186,6 +186,16 @@ def test_cnn_is_resnet18_taking_one_grey_channel():
     assert net.conv1.in_channels == 1 and net.fc.out_features == 10
     assert sum(p.numel() for p in model.parameters()) == 11_175_370  # resnet18, 1 in, 10 out
     assert model.eval()(torch.rand(3, 784)).shape == (3, 10)
+
+
+def test_cnn_standardises_its_input_with_the_stats_its_config_records():
+    images = torch.tensor([[0, 255], [255, 255]], dtype=torch.uint8)  # pixels 0, 1, 1, 1
+    assert input_stats(images) == {"input_mean": 0.75, "input_std": 0.433}  # √(3/16)
+    model = build_model({"kind": "cnn", "n_outputs": 2, "input_mean": 0.5, "input_std": 0.25})
+    x = torch.rand(3, 784)
+    assert torch.equal(model[0](x), ((x - 0.5) / 0.25).view(3, 1, 28, 28))
+    # A checkpoint from before the CNN standardised: the model it was trained as.
+    assert torch.equal(build_model({"kind": "cnn", "n_outputs": 2})[0](x), x.view(3, 1, 28, 28))
 
 
 @pytest.mark.parametrize("size, stride, in_ch, skips", [

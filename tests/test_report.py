@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.lib.book import book_figure
+from stages.lib.book import book_figure, figure_text
 from stages.lib.dataset import Split
 from stages.lib.report import ModelResult, confusion_by_digit, results_table, worst_mistakes
 from tests.helpers import ROOT, copy_project, run, set_params, stages_run
@@ -35,6 +35,15 @@ def test_book_figure_only_for_the_books_data_and_settings():
     torch_linear = {"init": "torch", "lr": 1.0, "epochs": 20, "batch_size": 256,
                     "shuffle": False, "loss": "mnist"}
     assert book_figure("linear", torch_linear, BOOK_META) == {"accuracy": 0.9785}
+
+
+def test_the_cnns_book_figure_names_the_book_settings_ours_differ_from():
+    book_step = {"lr": 0.1, "epochs": 1, "batch_size": 64, "wd": 0.01}
+    assert book_figure("cnn", book_step, BOOK_META) == {"accuracy": 0.997}
+    ours = book_figure("cnn", {**book_step, "lr": 0.02, "batch_size": 128}, BOOK_META)
+    assert ours == {"accuracy": 0.997, "book_settings": {"lr": 0.1, "batch_size": 64}}
+    assert figure_text(ours) == "0.9970 (book: lr 0.1, batch_size 64)"
+    assert book_figure("cnn", {**book_step, "epochs": 2}, BOOK_META) is None
 
 
 def hand_result(preds, scores):
@@ -80,8 +89,10 @@ def test_report_on_real_mnist(book_project):
     # ours beside the book's, for each model the book has a figure for
     assert "| baseline L1 | 0.9514 | 0.9511 | 0.9168 | 0.9854 | 0.9511 balanced" in report
     assert re.search(r"\| mlp \| 0\.98\d\d \| .* \| 0\.9828 \|", report)
-    assert re.search(r"\| cnn \| 0\.99\d\d \| .* \| 0\.9970 \|", report)
-    assert re.search(r"\| cnn \| adam \| 0\.1 \| 1 \| 128 \| True \| cross_entropy \|", report)
+    # The CNN's book figure names the book's settings that ours differ from.
+    assert re.search(r"\| cnn \| 0\.99\d\d \| .* \| 0\.9970 \(book: lr 0\.1, batch_size 64\) \|",
+                     report)
+    assert re.search(r"\| cnn \| adam \| 0\.005 \| 1 \| 128 \| True \| cross_entropy \|", report)
     assert "| train | 6131 | 6265 | 12396 |" in report
 
 

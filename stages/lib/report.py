@@ -61,7 +61,9 @@ def baseline_results(checkpoint: dict, metrics: dict, valid: Split) -> list[Mode
 def trained_result(name: str, model: torch.nn.Module, checkpoint: dict, metrics: dict,
                    valid: Split) -> ModelResult:
     logits = batched_logits(model, as_inputs(valid, torch.device("cpu"))[0])
-    settings = {**checkpoint["training"], "hidden": checkpoint["config"]["hidden"]}
+    config = checkpoint["config"]
+    settings = {**checkpoint["training"], "hidden": config["hidden"],
+                **{k: config[k] for k in ("input_mean", "input_std") if k in config}}
     return ModelResult(name, name, metrics, predict(logits),
                        true_class_loss(logits, valid.targets), "loss", settings)
 
@@ -123,7 +125,8 @@ def data_table(meta: dict) -> str:
 
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
-    keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd")
+    keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd",
+            "input_mean", "input_std")
     rows = []
     for r in results:
         if r.key in metrics:
@@ -135,8 +138,9 @@ def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
 
 def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, dict],
                     figures: dict[str, str]) -> str:
-    book_note = ("The data and settings are the book's, so its figures stand beside ours "
-                 "(the book sets no seed: trained models agree within about ±0.005)."
+    book_note = ("The data are the book's, so its figures stand beside ours where the "
+                 "settings are the book's too, with the book's named where ours differ (the "
+                 "book sets no seed: trained models agree within about ±0.005)."
                  if is_book_data(meta) else
                  "These are not the book's data settings (MNIST 3s and 7s, MNIST test set as "
                  "validation), so there is no book figure to compare with.")
@@ -153,6 +157,9 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
         "## Data", data_table(meta),
         "## Training", training_table(results, metrics),
+        "The linear model and MLP take the pixels in [0, 1], as the book's do; the CNN takes "
+        "them standardised, (pixel − input_mean) / input_std, by the training images' own mean "
+        "and standard deviation.",
         f"![training curves]({figures['curves']})",
         "## The ideal digits",
         "The pixel-similarity baseline compares each image with the mean training image of "

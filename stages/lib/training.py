@@ -19,7 +19,7 @@ from .errors import UserError
 from .files import together, write_json, write_text
 from .learner import Learner, Optimizer, TrainingDiverged, batched_logits, loss_function, predict
 from .metrics import DECIMALS, classification_metrics
-from .models import book_init_, build_model, n_outputs, save_checkpoint
+from .models import book_init_, build_model, input_stats, n_outputs, save_checkpoint
 from .optim import SGD, Adam
 from .params import Params, TrainCNN, TrainLinear, TrainMLP
 from .provenance import metrics_origin
@@ -49,9 +49,12 @@ def as_inputs(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.T
     return x, split.targets.to(device)
 
 
-def model_config(name: str, cfg: TrainingParams, digits: list[int]) -> dict:
+def model_config(name: str, cfg: TrainingParams, digits: list[int], train: Split) -> dict:
+    """What rebuilds the model: its kind and shape, and for the CNN the training pixels'
+    mean and std it standardises its input with."""
     hidden = list(getattr(cfg, "hidden", []))
-    return {"kind": name, "n_outputs": n_outputs(name, digits), "hidden": hidden}
+    config = {"kind": name, "n_outputs": n_outputs(name, digits), "hidden": hidden}
+    return {**config, **input_stats(train.images)} if name == "cnn" else config
 
 
 def loss_name(name: str, cfg: TrainingParams, n_classes: int) -> str:
@@ -100,7 +103,7 @@ def prepare(name: str, params: Params, log: TextIO | None = sys.stderr) -> Prepa
     meta, train, valid = load_tensors()
     digits = meta["digits"]
 
-    config = model_config(name, cfg, digits)
+    config = model_config(name, cfg, digits, train)
     model = initial_model(config, params.base.seed, getattr(cfg, "init", "torch")).to(device)
 
     (train_x, train_y), (valid_x, valid_y) = as_inputs(train, device), as_inputs(valid, device)
