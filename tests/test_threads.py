@@ -93,7 +93,8 @@ def test_summary_gives_mean_sd_range_and_the_book_per_model():
     assert (linear["seeds"], linear["min"], linear["max"]) == (3, 0.96, 0.98)
     assert linear["mean"] == pytest.approx(0.97) and linear["sd"] == pytest.approx(0.01)
     assert linear["book"] == 0.9696 and linear["book within seeds' range"] == "yes"
-    assert summary.loc["mlp", "book within seeds' range"] == "no"  # 0.9828 < 0.985, the min
+    assert summary.loc["mlp", "book within seeds' range"] == "no (below)"  # 0.9828 < 0.985
+    assert summary.loc["cnn", "book within seeds' range"] == "yes"  # 0.996 <= 0.997 <= 0.998
     assert summary.loc["baseline_l1", "metric"] == "balanced_accuracy"
     assert summary.loc["baseline_l1", "sd"] == 0.0
     assert summary.loc["cnn", "book"] == 0.997
@@ -101,6 +102,14 @@ def test_summary_gives_mean_sd_range_and_the_book_per_model():
     assert "| linear | accuracy | 3 | 0.9700 | 0.0100 | 0.9600 | 0.9800 | 0.9696 | yes |" in text
     assert runs_markdown(study_frame(exps)).splitlines()[0] == (
         "| seed | baseline_l1 | linear | mlp | cnn | threads |")
+
+
+def test_summary_says_which_side_of_the_seeds_range_the_book_is_on():
+    exps = [experiment(s, {"baseline": 0.9511, "linear": 0.95, "mlp": 0.99, "cnn": 0.998})
+            for s in (0, 1)]
+    place = summarise(study_frame(exps)).set_index("model")["book within seeds' range"]
+    assert place.to_dict() == {"baseline_l1": "yes", "linear": "no (above)",
+                               "mlp": "no (below)", "cnn": "no (below)"}
 
 
 def test_summary_has_no_book_figure_for_other_digits():

@@ -59,9 +59,11 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         metric=("metric", "first"), seeds=("value", "size"), mean=("value", "mean"),
         sd=("value", "std"), min=("value", "min"), max=("value", "max"),
         book=("book", "first")).reset_index()
-    within = (summary["min"] <= summary["book"]) & (summary["book"] <= summary["max"])
-    summary["book within seeds' range"] = within.map({True: "yes", False: "no"}).where(
-        summary["book"].notna(), "—")
+    # Which side of the range the book falls on says whether the seeds did better or worse.
+    place = pd.Series("yes", index=summary.index)
+    place[summary["book"] < summary["min"]] = "no (below)"
+    place[summary["book"] > summary["max"]] = "no (above)"
+    summary["book within seeds' range"] = place.where(summary["book"].notna(), "—")
     return summary[SUMMARY_COLUMNS]
 
 
