@@ -198,6 +198,11 @@ def test_cnn_standardises_its_input_with_the_stats_its_config_records():
     assert torch.equal(build_model({"kind": "cnn", "n_outputs": 2})[0](x), x.view(3, 1, 28, 28))
 
 
+def test_blank_training_images_are_an_error_not_nan():
+    with pytest.raises(UserError, match="all one shade .*every pixel 0.0000"):
+        input_stats(torch.zeros(5, 28, 28, dtype=torch.uint8))
+
+
 @pytest.mark.parametrize("size, stride, in_ch, skips", [
     (1, 1, 8, True),    # resnet18's layer4 on 28×28 MNIST: 8 of 9 taps see padding
     (2, 2, 8, True),    # layer4's first conv: 2×2 in, one pixel out, 4 taps used

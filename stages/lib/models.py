@@ -66,13 +66,18 @@ def input_stats(images: torch.Tensor) -> dict[str, float]:
     levels = torch.arange(256, dtype=torch.float64) / 255
     mean = (counts * levels).sum() / counts.sum()
     variance = (counts * (levels - mean) ** 2).sum() / counts.sum()
-    return {"input_mean": round(mean.item(), 4), "input_std": round(variance.sqrt().item(), 4)}
+    stats = {"input_mean": round(mean.item(), 4), "input_std": round(variance.sqrt().item(), 4)}
+    if stats["input_std"] == 0:  # dividing by it would make every input NaN
+        raise UserError(f"the training images are all one shade (every pixel "
+                        f"{stats['input_mean']:.4f} on the [0, 1] scale): there is nothing to "
+                        f"learn from; check data.source")
+    return stats
 
 
 class GreyImages(nn.Module):
     """Flat 784 pixels in [0, 1] to 1×28×28 images with zero mean and unit variance over the
-    training set. The book feeds raw [0, 1] pixels; standardised, one epoch at a peak lr of
-    0.02 has fewer bad seeds (README, "The CNN")."""
+    training set. The book feeds raw [0, 1] pixels; standardised, one epoch has fewer bad
+    seeds at a low peak lr (README, "The CNN")."""
 
     def __init__(self, mean: float, std: float):
         super().__init__()
