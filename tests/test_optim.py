@@ -249,6 +249,23 @@ def test_cnn_batchnorm_uses_batch_stats_in_training_and_running_stats_after():
     assert not learner.model.training and torch.equal(bn.running_mean, frozen)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cnn_trains_on_a_gpu_as_on_the_cpu():
+    """base.device: cuda. The same steps on both devices end at nearly the same weights
+    (GPU convolutions round differently, so not bit for bit)."""
+    trained = {}
+    for device in ("cpu", "cuda"):
+        learner = cnn_learner()
+        learner.model.to(device)
+        learner.opt = Adam(learner.model, lr=1e-3)
+        for name in ("train_x", "train_y", "valid_x", "valid_y"):
+            setattr(learner, name, getattr(learner, name).to(device))
+        learner.fit_one_cycle(1, 1e-3)
+        trained[device] = {k: v.cpu() for k, v in learner.model.state_dict().items()}
+    for key, value in trained["cpu"].items():
+        torch.testing.assert_close(trained["cuda"][key], value, rtol=1e-3, atol=1e-4)
+
+
 def test_drop_last_skips_the_smaller_last_batch():
     learner = make_learner(batch_size=20)  # 48 training items
     assert [(b.start, b.stop) for b in learner.batches()] == [(0, 20), (20, 40), (40, 48)]

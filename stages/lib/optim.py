@@ -75,7 +75,9 @@ class Adam:
         (sqrt(sqr_avg / debias2) + eps)`, in torch's fused AdamW kernel: the same formula in
         one pass over memory, 7 ms a step for resnet18 here where seven _foreach ops take 24."""
         self.steps += 1
-        step = [torch.tensor(float(self.steps))] * len(self.params)
+        # The fused kernel reads the step count on the parameters' device (a GPU's, under
+        # base.device: cuda), as torch.optim.Adam(fused=True) keeps it.
+        step = [torch.tensor(float(self.steps), device=self.params[0].device)] * len(self.params)
         for params, wd, first in ((self.decay, self.wd, 0),
                                   (self.no_decay, 0.0, len(self.decay))):
             last = first + len(params)
