@@ -6,7 +6,6 @@ Targets follow the book: with two digits, 1 for the first listed and 0 for the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .files import read_json
+from .files import fingerprint, read_json
 from .idx import read_images_and_labels
 from .sources import split_files
 from .torchio import load_pt, save_pt
@@ -160,13 +159,13 @@ def tensors_fingerprint(train: Split, valid: Split, digits: list[int],
                         target_digits: list[int]) -> str:
     """What every later output records of the data it was computed from: a digest of the
     pixels and targets of both splits and of what the targets mean."""
-    digest = hashlib.sha256(json.dumps({"digits": digits, "target_digits": target_digits})
-                            .encode())
-    for split in (train, valid):
-        for tensor in (split.images, split.targets):
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    def parts():  # one tensor's bytes at a time
+        yield json.dumps({"digits": digits, "target_digits": target_digits}).encode()
+        for split in (train, valid):
+            for tensor in (split.images, split.targets):
+                yield str(tuple(tensor.shape)).encode()
+                yield tensor.contiguous().numpy().tobytes()
+    return fingerprint(parts())
 
 
 def load_tensors(folder: Path = TENSOR_DIR) -> tuple[dict, Split, Split]:

@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import psutil
 
@@ -205,9 +205,13 @@ def read_yaml(path: str | os.PathLike, what: str):
     return parse_yaml(text, str(path))
 
 
-def fingerprint(data: bytes) -> str:
-    """A short content digest (16 hex digits of sha256): what outputs record of their inputs."""
-    return hashlib.sha256(data).hexdigest()[:16]
+def fingerprint(data: bytes | Iterable[bytes]) -> str:
+    """A short content digest (16 hex digits of sha256, over the parts in order if given
+    parts): what outputs record of their inputs."""
+    digest = hashlib.sha256()
+    for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+        digest.update(part)
+    return digest.hexdigest()[:16]
 
 
 def file_digests(path: str | os.PathLike) -> dict[str, str]:
