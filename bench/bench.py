@@ -33,12 +33,13 @@ from pathlib import Path
 
 import torch
 
-from stages.lib.dataset import load_split
-from stages.lib.experiments import DVC
-from stages.lib.learner import Learner, mnist_loss, predict
-from stages.lib.optim import SGD
-from stages.lib.models import book_init_, build_model
-from stages.lib.training import as_inputs
+from stages.lib.data.tensors import as_inputs, load_split
+from stages.lib.infra.experiments import DVC
+from stages.lib.learning.learner import Learner
+from stages.lib.learning.losses import mnist_loss
+from stages.lib.learning.models import build_model, init_params
+from stages.lib.learning.optim import BasicOptim
+from stages.lib.learning.predictions import predict
 from tests.helpers import ROOT, SHARED_MNIST, TEN_DIGITS, git, make_project, serve_folder
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
@@ -89,7 +90,7 @@ def book_loop(model, opt, train_x, train_y, valid_x, valid_y, epochs, batch_size
 def fresh_model(config: dict, book_init: bool, seed: int = 42):
     torch.manual_seed(seed)
     model = build_model(config)
-    return book_init_(model) if book_init else model
+    return init_params(model) if book_init else model
 
 
 def time_training(name, config, book_init, lr, epochs, tensors, batch_size=256) -> dict:
@@ -97,14 +98,14 @@ def time_training(name, config, book_init, lr, epochs, tensors, batch_size=256) 
     (train_x, train_y), (valid_x, valid_y) = tensors
     ours = fresh_model(config, book_init)
     learner = Learner(ours, train_x, train_y, valid_x, valid_y, loss_fn=mnist_loss,
-                      opt=SGD(ours.parameters(), lr), batch_size=batch_size, log=None)
+                      opt=BasicOptim(ours.parameters(), lr), batch_size=batch_size, log=None)
     start = time.perf_counter()
     learner.fit(epochs)
     ours_s = (time.perf_counter() - start) / epochs
 
     book = fresh_model(config, book_init)
     start = time.perf_counter()
-    book_loop(book, SGD(book.parameters(), lr), train_x, train_y, valid_x, valid_y, epochs,
+    book_loop(book, BasicOptim(book.parameters(), lr), train_x, train_y, valid_x, valid_y, epochs,
               batch_size)
     book_s = (time.perf_counter() - start) / epochs
 
@@ -189,7 +190,7 @@ def sweep(project: Path, jobs: int, env: dict) -> dict:
     until the last experiment is saved, and until the command returns. The difference is DVC
     stopping its workers: each checks for an empty queue every 10 s, so the command returns
     0-10 s after the work is done, whatever the work."""
-    from stages.lib.experiments import experiments
+    from stages.lib.infra.experiments import experiments
 
     for lr in SWEEP_LRS[jobs]:
         subprocess.run([DVC, "exp", "run", "--queue", "-S", f"train_mlp.lr={lr}"], cwd=project,
@@ -223,7 +224,7 @@ def wait_for_no_queue_workers(timeout_s: float = 120) -> None:
     """A worker idles on for up to a minute after its queue empties and would join the next
     sweep, so each sweep starts with none. (`dvc queue stop` would end them sooner, but its
     message stays in the queue's folder and stops the next workers after one task each.)"""
-    from stages.lib.threads import live_queue_workers
+    from stages.lib.infra.threads import live_queue_workers
 
     deadline = time.monotonic() + timeout_s
     while live_queue_workers():
@@ -245,19 +246,21 @@ def sweeps(project: Path, env: dict) -> list[dict]:
 
 def our_cnn_epoch(project: Path) -> dict:
     """One epoch of train_cnn with the project's params, timed in this process."""
-    from stages.lib.params import load_params
-    from stages.lib.training import prepare
+    from stages import train_cnn
+    from stages.lib.infra.params import load_params
+    from stages.lib.learning.training import TrainingRun
 
     with contextlib.chdir(project):
-        prepared = prepare("cnn", load_params(), log=None)
-    learner = prepared.learner
+        params = load_params()
+        learner, _ = train_cnn.learner(params, TrainingRun("train_cnn", params).data, log=None)
+    lr = params.train_cnn.lr
     start = time.perf_counter()
-    history = learner.fit_one_cycle(1, prepared.cfg.lr)
+    history = learner.fit_one_cycle(1, lr)
     seconds = time.perf_counter() - start
     accuracy = history[-1]["valid_accuracy"]
     return {"seconds": seconds, "accuracy": accuracy, "n_valid": len(learner.valid_y),
             "wrong": round((1 - accuracy) * len(learner.valid_y)),
-            "batch_size": learner.batch_size, "lr": prepared.cfg.lr}
+            "batch_size": learner.batch_size, "lr": lr}
 
 
 def fastai_python() -> Path:

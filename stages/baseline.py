@@ -1,18 +1,23 @@
-"""Stage `baseline`: pixel similarity, nearest mean image by L1 and by L2."""
+"""Stage `baseline`: the chapter's first model, pixel similarity.
+
+The book averages the training 3s and the training 7s into an "ideal" 3 and 7, and calls a
+validation image a 3 when it is nearer the ideal 3 (`mnist_distance`, the mean absolute
+difference, L1). Here: the mean image of each digit (models/baseline.pt), and the nearest
+mean by L1 and by L2 (root mean squared difference), scored in metrics/baseline.json.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from stages.lib.dataset import load_tensors
-from stages.lib.errors import run_stage
-from stages.lib.files import together, write_json
-from stages.lib.metrics import classification_metrics
-from stages.lib.params import load_params
-from stages.lib.provenance import metrics_origin
-from stages.lib.similarity import DISTANCES, class_means, predict_nearest, save_means
-from stages.lib.threads import use_threads
-
+from stages.lib.data.tensors import load_tensors
+from stages.lib.infra.errors import run_stage
+from stages.lib.infra.files import together, write_json
+from stages.lib.infra.params import load_params
+from stages.lib.infra.provenance import metrics_origin
+from stages.lib.infra.threads import use_threads
+from stages.lib.learning.similarity import DISTANCES, class_means, predict_nearest, save_means
+from stages.lib.results.metrics import classification_metrics
 
 
 def main() -> None:

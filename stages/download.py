@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from stages.lib.errors import run_stage
-from stages.lib.files import atomic_dir, write_json
-from stages.lib.params import load_params
-from stages.lib.sources import acquire, build_manifest, configured_mirrors
-
-RAW_DIR = "data/raw"
+from stages.lib.data.raw import RAW_DIR
+from stages.lib.data.sources import acquire, build_manifest, configured_mirrors
+from stages.lib.infra.errors import run_stage
+from stages.lib.infra.files import atomic_dir, write_json
+from stages.lib.infra.params import load_params
 
 
 def main() -> None:

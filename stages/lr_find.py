@@ -1,7 +1,7 @@
 """`python -m stages.lr_find STAGE`: fastai's learning-rate finder for a training stage.
 
-Builds the stage's model, data, loss and optimizer exactly as `dvc repro` would (from
-params.yaml and data/tensors), sweeps the learning rate from 1e-7 to 10, prints fastai's
+Builds the stage's model, data, loss and optimizer exactly as `dvc repro` would (the
+stage's own recipe, `learner` in stages/train_*.py, from params.yaml and data/tensors), sweeps the learning rate from 1e-7 to 10, prints fastai's
 `valley` suggestion and writes a plot of loss against learning rate. Not a DVC stage: it
 changes nothing the pipeline tracks.
 """
@@ -9,15 +9,16 @@ changes nothing the pipeline tracks.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
-from stages.lib import figures
-from stages.lib.errors import run_stage
-from stages.lib.lr_find import END_LR, NUM_IT, START_LR, lr_find
-from stages.lib.models import TRAINED
-from stages.lib.params import load_params
-from stages.lib.training import prepare
+from stages.lib.infra.errors import run_stage
+from stages.lib.infra.params import load_params
+from stages.lib.learning.lr_find import END_LR, NUM_IT, START_LR, lr_find
+from stages.lib.learning.models import TRAINED
+from stages.lib.learning.training import TrainingRun
+from stages.lib.results import figures
 
 TRAINING_STAGES = tuple(f"train_{name}" for name in TRAINED)
 
@@ -40,15 +41,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    name = args.stage.removeprefix("train_")
     out = args.out or Path("lr_find") / f"{args.stage}.png"
-    prepared = prepare(name, load_params(), log=None)
-    found = lr_find(prepared.learner, START_LR, END_LR, args.num_it)
+    params = load_params()
+    recipe = importlib.import_module(f"stages.{args.stage}")
+    learner, _ = recipe.learner(params, TrainingRun(args.stage, params).data, log=None)
+    cfg = getattr(params, args.stage)
+    found = lr_find(learner, START_LR, END_LR, args.num_it)
     figures.lr_find_plot(found.lrs, found.losses, found.suggestion, found.suggestion_loss,
-                         f"{args.stage} (batch size {prepared.cfg.batch_size})", out)
+                         f"{args.stage} (batch size {cfg.batch_size})", out)
     print(f"lr_find {args.stage}: {len(found.lrs)} batches from lr {START_LR:g} to "
           f"{found.lrs[-1]:.3g}; valley suggests lr {found.suggestion:.3g} "
-          f"(params.yaml has {prepared.cfg.lr:g})\n"
+          f"(params.yaml has {cfg.lr:g})\n"
           f"plot: {out}\n"
           f"try it: dvc exp run -S {args.stage}.lr={found.suggestion:.2g}")
 

@@ -2,7 +2,7 @@
 digits with the trained models.
 
 Each image (PNG or JPEG, any size, colour or grey, dark on light or light on dark) is
-prepared the way MNIST's images were (stages/lib/digit_image.py), then every model gives
+prepared the way MNIST's images were (stages/lib/own_digits/prepare.py), then every model gives
 its digit and probability. Not a DVC stage: it reads the checkpoints and writes nothing
 the pipeline tracks. Images that cannot be read are named on stderr; the rest are still
 classified, and the exit status is then 2.
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib.digit_image import read_digit
-from stages.lib.errors import EXIT_USER_ERROR, UserError, run_stage
-from stages.lib.files import atomic_open
-from stages.lib.models import TRAINED
-from stages.lib.predict import answer_range, classify, load_classifiers, results_table
+from stages.lib.infra.errors import EXIT_USER_ERROR, UserError, run_stage
+from stages.lib.infra.files import atomic_open
+from stages.lib.learning.models import TRAINED
+from stages.lib.own_digits.classify import answer_range, classify, load_classifiers, results_table
+from stages.lib.own_digits.prepare import read_digit
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

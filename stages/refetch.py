@@ -15,11 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.lib.errors import UserError, run_stage
-from stages.lib.experiments import DVC
-from stages.lib.sources import fell_back
+from stages.lib.data.raw import RAW_DIR, fell_back
+from stages.lib.infra.errors import UserError, run_stage
+from stages.lib.infra.experiments import DVC
 
-MANIFEST = Path("data/raw/manifest.json")
+MANIFEST = RAW_DIR / "manifest.json"
 
 
 def last_download_fell_back(manifest: Path = MANIFEST) -> bool:

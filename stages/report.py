@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from stages.lib import figures
-from stages.lib.dataset import load_tensors, targets_in_digit_order
-from stages.lib.errors import run_stage
-from stages.lib.files import atomic_dir, write_text
-from stages.lib.models import TRAINED
-from stages.lib.params import load_params
-from stages.lib.report import (baseline_results, confusion_by_digit,
-                               linear_weights_before_and_after, read_model_outputs,
-                               render_markdown, trained_result, worst_mistakes)
-from stages.lib.threads import use_threads
+from stages.lib.data.tensors import load_tensors, targets_in_digit_order
+from stages.lib.infra.errors import run_stage
+from stages.lib.infra.files import atomic_dir, write_text
+from stages.lib.infra.params import load_params
+from stages.lib.infra.threads import use_threads
+from stages.lib.learning.models import TRAINED
+from stages.lib.results import figures
+from stages.lib.results.report import (baseline_results, confusion_by_digit,
+                                       linear_weights_before_and_after, read_model_outputs,
+                                       render_markdown, trained_result, worst_mistakes)
 
 REPORT_DIR = "report"
 FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_images.png",

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from stages.lib import experiments
-from stages.lib.errors import UserError, run_stage
-from stages.lib.files import write_text
-from stages.lib.params import load_params
-from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
-from stages.lib.threads import available_cores
+from stages.lib.infra import experiments
+from stages.lib.infra.errors import UserError, run_stage
+from stages.lib.infra.files import write_text
+from stages.lib.infra.params import load_params
+from stages.lib.infra.threads import available_cores
+from stages.lib.results.seed_study import runs_markdown, study_frame, summarise, summary_markdown
 
 OUT_DIR = Path("seed_study")
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]

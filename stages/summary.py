@@ -4,8 +4,8 @@ params dvc.lock records for them. Not a DVC stage: it reads, and writes nothing.
 
 from __future__ import annotations
 
-from stages.lib.errors import run_stage
-from stages.lib.summary import locked_stages, render_summary, summary_rows
+from stages.lib.infra.errors import run_stage
+from stages.lib.results.summary import locked_stages, render_summary, summary_rows
 
 
 def main() -> None:

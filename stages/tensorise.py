@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from stages.lib.dataset import (TENSOR_DIR, build_splits, check_digits_available,
-                                check_no_empty_class, class_counts, resolve_split, save_split,
-                                target_digits, tensors_fingerprint)
-from stages.lib.errors import run_stage
-from stages.lib.files import atomic_dir, read_json, write_json
-from stages.lib.params import load_params
-from stages.lib.sources import check_manifest
-
-RAW_DIR = Path("data/raw")
+from stages.lib.data.raw import RAW_DIR, check_manifest
+from stages.lib.data.splits import (build_splits, check_digits_available, check_no_empty_class,
+                                    class_counts, resolve_split)
+from stages.lib.data.tensors import TENSOR_DIR, save_split, target_digits, tensors_fingerprint
+from stages.lib.infra.errors import run_stage
+from stages.lib.infra.files import atomic_dir, read_json, write_json
+from stages.lib.infra.params import load_params
 
 
 def main() -> None:

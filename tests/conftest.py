@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.lib.threads import ENV_VAR, available_cores
+from stages.lib.infra.threads import ENV_VAR, available_cores
 from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS_5K, copy_project,
                            run_pipeline_project, serve_folder)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib.experiments import DVC
-from stages.lib.files import read_yaml
+from stages.lib.infra.experiments import DVC
+from stages.lib.infra.files import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST files: ../shared/mnist beside the checkout, or MNIST_TEST_DATA (the GitHub
@@ -57,7 +57,7 @@ def tiny_digits(per_digit: int = 4, digits=range(10), seed: int = 0):
 
 def write_idx_folder(folder: Path, train=None, test=None) -> dict[str, Path]:
     """The four MNIST .gz files of tiny data; returns their paths by canonical name."""
-    from stages.lib.idx import idx_bytes
+    from stages.lib.data.idx import idx_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     train = train if train is not None else tiny_digits(4, seed=1)
@@ -73,7 +73,7 @@ def write_idx_folder(folder: Path, train=None, test=None) -> dict[str, Path]:
 
 def canonical_digests_of(paths: dict[str, Path]) -> dict[str, tuple[str, str]]:
     """A CANONICAL_FILES table for generated files, to stand in for the real one."""
-    from stages.lib.files import file_digests
+    from stages.lib.infra.files import file_digests
 
     return {name: tuple(file_digests(path)[k] for k in ("md5", "sha256"))
             for name, path in paths.items()}

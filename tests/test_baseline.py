@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from stages.lib.metrics import classification_metrics, confusion_matrix, per_class_accuracy
-from stages.lib.similarity import class_means, distances, predict_nearest
+from stages.lib.results.metrics import classification_metrics, confusion_matrix, per_class_accuracy
+from stages.lib.learning.similarity import class_means, distances, predict_nearest
 from tests.helpers import read_json, run
 
 

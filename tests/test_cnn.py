@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.lib.dataset import load_tensors
-from stages.lib.models import load_checkpoint
-from stages.lib.optim import one_cycle
+from stages.lib.data.tensors import load_tensors
+from stages.lib.learning.models import load_checkpoint
+from stages.lib.learning.schedules import one_cycle
 from tests.helpers import (copy_project, make_project, read_json, run, run_module, run_stage,
                            set_params)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.lib.dataset import (Split, build_splits, check_digits_available,
-                                check_no_empty_class, class_counts, class_order, encode_targets,
-                                load_split, random_valid_mask, resolve_split, save_split,
-                                load_tensors, target_digits, targets_in_digit_order,
-                                tensors_fingerprint)
-from stages.lib.errors import UserError
-from stages.lib.files import write_json
-from stages.lib.sources import _write_split
+from stages.lib.data.sources import _write_split
+from stages.lib.data.splits import (build_splits, check_digits_available, check_no_empty_class,
+                                    class_counts, class_order, encode_targets, random_valid_mask,
+                                    resolve_split)
+from stages.lib.data.tensors import (Split, load_split, load_tensors, save_split, target_digits,
+                                     targets_in_digit_order, tensors_fingerprint)
+from stages.lib.infra.errors import UserError
+from stages.lib.infra.files import write_json
 from tests.helpers import tiny_digits
 
 

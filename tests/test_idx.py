@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 
-from stages.lib.errors import UserError
-from stages.lib.idx import idx_bytes, read_idx, read_images_and_labels, write_idx_gz
+from stages.lib.infra.errors import UserError
+from stages.lib.data.idx import idx_bytes, read_idx, read_images_and_labels, write_idx_gz
 from tests.helpers import tiny_digits
 
 

@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from stages.lib.errors import UserError
-from stages.lib.learner import (Learner, TrainingDiverged, bce_loss, cross_entropy_loss,
-                                loss_function, mnist_loss, predict, probabilities,
-                                true_class_loss)
-from stages.lib.models import book_init_, build_model, load_checkpoint, save_checkpoint
-from stages.lib.optim import SGD
-from stages.lib.training import live_log, loss_name
+from stages.lib.infra.errors import UserError
+from stages.lib.learning.learner import Learner, TrainingDiverged
+from stages.lib.learning.losses import (bce_loss, book_loss, cross_entropy_loss, loss_name,
+                                        mnist_loss)
+from stages.lib.learning.models import build_model, init_params, load_checkpoint, save_checkpoint
+from stages.lib.learning.optim import BasicOptim
+from stages.lib.learning.predictions import (batch_accuracy, predict, probabilities,
+                                             true_class_loss)
+from stages.lib.learning.training import live_log
 
 
 def block_data(n=64, n_classes=2, seed=0):
@@ -33,7 +35,7 @@ def make_learner(model=None, lr=0.1, batch_size=16, generator=None, loss=mnist_l
     x, y = block_data()
     model = model or build_model({"kind": "linear", "n_outputs": 1})
     return Learner(model, x[:48], y[:48], x[48:], y[48:], loss_fn=loss,
-                   opt=SGD(model.parameters(), lr=lr), batch_size=batch_size,
+                   opt=BasicOptim(model.parameters(), lr=lr), batch_size=batch_size,
                    generator=generator, log=io.StringIO())
 
 
@@ -54,12 +56,12 @@ def test_bce_matches_torch():
 
 
 def test_loss_choice():
-    book = type("Cfg", (), {"loss": "mnist"})()
-    assert loss_function(loss_name("mlp", book, 2)) is mnist_loss
-    assert loss_function(loss_name("linear", type("Cfg", (), {"loss": "bce"})(), 2)) is bce_loss
-    # Three or more digits, and the CNN even on two, use cross-entropy whatever `loss` says.
-    assert loss_function(loss_name("mlp", book, 10)) is cross_entropy_loss
-    assert loss_function(loss_name("cnn", book, 2)) is cross_entropy_loss
+    assert book_loss("mnist", 2) is mnist_loss and book_loss("bce", 2) is bce_loss
+    # Three or more digits use cross-entropy whatever `loss` says.
+    assert book_loss("mnist", 10) is cross_entropy_loss and book_loss("bce", 3) is cross_entropy_loss
+    # What a checkpoint records: the name of the function used.
+    assert [loss_name(fn) for fn in (mnist_loss, bce_loss, cross_entropy_loss)] == [
+        "mnist", "bce", "cross_entropy"]
 
 
 def surest(logits):
@@ -72,6 +74,11 @@ def test_predict_and_the_probability_of_the_prediction():
     assert predict(torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])).tolist() == [1, 0]
     assert surest(torch.tensor([[0.0], [-100.0]])).tolist() == pytest.approx([0.5, 1.0])
 
+
+def test_batch_accuracy_is_the_share_predicted_right():
+    logits, targets = torch.tensor([[2.0], [-1.0], [0.5], [-3.0]]), torch.tensor([1, 1, 1, 0])
+    assert batch_accuracy(logits, targets).item() == 0.75
+    assert batch_accuracy(torch.tensor([[0.1, 3.0], [5.0, 0.0]]), torch.tensor([1, 1])) == 0.5
 
 
 def test_true_class_loss_ranks_mistakes_that_p_rounds_to_one():
@@ -125,7 +132,7 @@ def test_gradients_are_zeroed_between_steps():
 def test_training_is_deterministic():
     def train():
         torch.manual_seed(0)
-        model = book_init_(build_model({"kind": "mlp", "n_outputs": 1, "hidden": [8]}))
+        model = init_params(build_model({"kind": "mlp", "n_outputs": 1, "hidden": [8]}))
         learner = make_learner(model=model, lr=0.5, generator=torch.Generator().manual_seed(3))
         return learner.fit(4), learner.model.state_dict()
 
@@ -148,7 +155,7 @@ def test_multiclass_with_cross_entropy():
     x, y = block_data(90, n_classes=3)
     model = build_model({"kind": "mlp", "n_outputs": 3, "hidden": [16]})
     learner = Learner(model, x[:60], y[:60], x[60:], y[60:], loss_fn=cross_entropy_loss,
-                      opt=SGD(model.parameters(), lr=0.5), batch_size=10,
+                      opt=BasicOptim(model.parameters(), lr=0.5), batch_size=10,
                       log=None)
     history = learner.fit(20)
     assert history[-1]["valid_accuracy"] == 1.0
@@ -179,10 +186,10 @@ def test_models_have_the_chapters_shapes():
     assert [tuple(p.shape) for p in deep.parameters()][::2] == [(40, 784), (20, 40), (10, 20)]
 
 
-def test_book_init_draws_std_one_normals():
+def test_init_params_draws_std_one_normals():
     model = build_model({"kind": "linear", "n_outputs": 1})
     torch.manual_seed(0)
-    book_init_(model)
+    init_params(model)
     torch.manual_seed(0)
     expected_weights, expected_bias = torch.randn(1, 784), torch.randn(1)
     assert torch.equal(model[0].weight, expected_weights)
@@ -211,7 +218,7 @@ def test_missing_or_foreign_checkpoint(tmp_path):
     torch.save(nn.Linear(2, 2), tmp_path / "pickled.pt")  # a whole pickled module
     with pytest.raises(UserError, match="not a checkpoint this pipeline wrote"):
         load_checkpoint(tmp_path / "pickled.pt")
-    good = {"kind": "linear", "n_outputs": 1}
+    good = {"kind": "linear", "n_outputs": 1, "hidden": []}
     save_checkpoint(tmp_path / "bad.pt", build_model({"kind": "mlp", "n_outputs": 1,
                                                       "hidden": [3]}), good, {},
                     {"digits": [3, 7], "target_digits": [7, 3], "tensors": "0123abcd"})
@@ -221,7 +228,7 @@ def test_missing_or_foreign_checkpoint(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    from stages.lib.training import resolve_device
+    from stages.lib.learning.training import resolve_device
 
     with pytest.raises(UserError, match="base.device: cuda asked for, but torch sees no CUDA"):
         resolve_device("cuda")

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 
-from stages.lib.errors import UserError
-from stages.lib.files import parse_yaml, read_yaml
-from stages.lib.params import load_params, validate_params
+from stages.lib.infra.errors import UserError
+from stages.lib.infra.files import parse_yaml, read_yaml
+from stages.lib.infra.params import load_params, validate_params
 from tests.helpers import ROOT
 
 DEFAULTS = read_yaml(ROOT / "params.yaml", "params")

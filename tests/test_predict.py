@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.lib.digit_image import BOX, CENTRE, prepare_digit, read_digit
-from stages.lib.errors import UserError
-from stages.lib.idx import read_images_and_labels
-from stages.lib.learner import batched_logits, predict
-from stages.lib.models import load_checkpoint
+from stages.lib.own_digits.prepare import BOX, CENTRE, prepare_digit, read_digit
+from stages.lib.infra.errors import UserError
+from stages.lib.data.idx import read_images_and_labels
+from stages.lib.learning.predictions import batched_logits, predict
+from stages.lib.learning.models import load_checkpoint
 from tests.helpers import ROOT, copy_project, git, run, run_module
 
 MODELS = ("linear", "mlp", "cnn")

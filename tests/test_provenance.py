@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.lib.errors import UserError
-from stages.lib.provenance import (ModelOutputs, check_one_run, file_fingerprint,
+from stages.lib.infra.errors import UserError
+from stages.lib.infra.provenance import (ModelOutputs, check_one_run, file_fingerprint,
                                    metrics_origin, stale_outputs)
 
 META = {"digits": [3, 7], "target_digits": [7, 3], "tensors": "aaaa", "source": "mnist"}

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from stages import tensorise
-from stages.lib import experiments
-from stages.lib.errors import UserError
-from stages.lib.files import (atomic_dir, atomic_open, remove_stale_temps, together,
+from stages.lib.infra import experiments
+from stages.lib.infra.errors import UserError
+from stages.lib.infra.files import (atomic_dir, atomic_open, remove_stale_temps, together,
                               write_json, write_text)
-from stages.lib.threads import available_cores
+from stages.lib.infra.threads import available_cores
 from tests.helpers import (env_with, make_project, read_json, run, run_module, run_stage,
                            serve_slowly, set_params, stages_run)
 
@@ -262,7 +262,7 @@ def test_dvc_checkout_restores_the_last_good_outputs_after_a_failed_repro(book_c
 
 @pytest.mark.long
 def test_two_queued_experiments_run_in_parallel_correctly(book_copy, monkeypatch):
-    # Through stages.lib.experiments, as the seed study drives DVC's queue.
+    # Through stages.lib.infra.experiments, as the seed study drives DVC's queue.
     monkeypatch.chdir(book_copy)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # so base.threads: auto decides
     for lr in (0.05, 0.5):

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.lib.book import book_figure, figure_text
-from stages.lib.dataset import Split
-from stages.lib.report import ModelResult, confusion_by_digit, results_table, worst_mistakes
+from stages.lib.results.book import book_figure, figure_text
+from stages.lib.data.tensors import Split
+from stages.lib.results.report import ModelResult, confusion_by_digit, results_table, worst_mistakes
 from tests.helpers import ROOT, copy_project, run, set_params, stages_run
 
 BOOK_META = {"source": "mnist", "digits": [3, 7], "split": "official"}

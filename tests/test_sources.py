@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from stages.lib import sources
-from stages.lib.errors import UserError
-from stages.lib.idx import read_idx
-from stages.lib.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
+from stages.lib.data import sources
+from stages.lib.infra.errors import UserError
+from stages.lib.data.idx import read_idx
+from stages.lib.data.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
                                 configured_mirrors, detect_layout, fetch_canonical,
                                 load_local_folder, load_mnist_5k)
 from tests.helpers import (canonical_digests_of, make_project, run, run_module, serve_folder,

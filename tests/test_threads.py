@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from stages.lib.errors import UserError
-from stages.lib.files import read_yaml
-from stages.lib.experiments import Experiment
-from stages.lib.params import validate_params
-from stages.lib.seed_study import runs_markdown, study_frame, summarise, summary_markdown
-from stages.lib.threads import _worker_node, choose_threads, queue_workers
+from stages.lib.infra.errors import UserError
+from stages.lib.infra.files import read_yaml
+from stages.lib.infra.experiments import Experiment
+from stages.lib.infra.params import validate_params
+from stages.lib.results.seed_study import runs_markdown, study_frame, summarise, summary_markdown
+from stages.lib.infra.threads import _worker_node, choose_threads, queue_workers
 from tests.helpers import ROOT, run_module
 
 

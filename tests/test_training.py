@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from stages.lib.models import load_checkpoint
-from stages.lib.training import HISTORY_COLUMNS, read_history
+from stages.lib.learning.models import load_checkpoint
+from stages.lib.results.history import HISTORY_COLUMNS, read_history
 from tests.helpers import read_json, run, run_module, set_params, stages_run
 
 BOOK = {"linear": 0.9696, "mlp": 0.9828}

@@ -18,7 +18,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from stages.lib.files import write_text
+from stages.lib.infra.files import write_text
 
 TEMPLATE = Path(".dvc/plots/offline.html")
 REGISTRY = "https://registry.npmjs.org"

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dataset import to_float
-from .errors import UserError
-from .learner import batched_logits, predict, probabilities
-from .models import TRAINED, load_checkpoint
+from ..data.tensors import to_float
+from ..infra.errors import UserError
+from ..learning.models import TRAINED, load_checkpoint
+from ..learning.predictions import batched_logits, predict, probabilities
 
 
 @dataclass

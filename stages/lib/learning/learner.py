@@ -9,77 +9,27 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Callable, Protocol, TextIO
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .optim import Adam, SGD, Schedule, one_cycle
-
-Optimizer = SGD | Adam
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .losses import LossFn
+from .predictions import batch_accuracy, batched_logits
+from .schedules import Schedule, one_cycle
 
 
-# --- losses and predictions ---------------------------------------------------------------
+class Optimizer(Protocol):
+    """What the Learner asks of an optimizer (optim.BasicOptim, optim.Adam): a step, clearing
+    the gradients, and hyperparameters as attributes a schedule can set (`lr`, `mom`)."""
+    name: str
+    lr: float
 
-def mnist_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The book's loss: how far the sigmoid is from the right side, averaged."""
-    preds = logits[:, 0].sigmoid()
-    return torch.where(targets == 1, 1 - preds, preds).mean()
+    def step(self) -> None: ...
+    def zero_grad(self) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
-
-def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
-
-
-def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, targets)
-
-
-LOSSES = {"mnist": mnist_loss, "bce": bce_loss, "cross_entropy": cross_entropy_loss}
-
-
-def loss_function(name: str) -> LossFn:
-    """The loss for a name as training.loss_name gives it."""
-    return LOSSES[name]
-
-
-def predict(logits: torch.Tensor) -> torch.Tensor:
-    """Target class per row: sigmoid > 0.5 for one logit, argmax for several."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """N×classes probabilities, one column per target value: a single logit is the
-    sigmoid's probability of target 1, so target 0 gets the rest."""
-    if logits.shape[1] == 1:
-        p = logits[:, 0].sigmoid()
-        return torch.stack([1 - p, p], dim=1)
-    return logits.softmax(dim=1)
-
-
-def true_class_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per image, −log of the probability the model gives the true class. Unlike that
-    probability it does not round to 1.000 for the surest mistakes, so it can rank them."""
-    if logits.shape[1] == 1:
-        log_p = torch.stack([F.logsigmoid(-logits[:, 0]), F.logsigmoid(logits[:, 0])], dim=1)
-    else:
-        log_p = logits.log_softmax(dim=1)
-    return -log_p.gather(1, targets[:, None])[:, 0]
-
-
-@torch.no_grad()
-def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """The model's outputs for x in evaluation mode, a batch at a time to bound memory."""
-    model.eval()
-    return torch.cat([model(chunk) for chunk in x.split(batch_size)])
-
-
-# --- the Learner ---------------------------------------------------------------------------
 
 class TrainingDiverged(RuntimeError):
     def __init__(self, epoch: int, train_loss: float, valid_loss: float):
@@ -104,6 +54,7 @@ class Learner:
     on_epoch: Callable[[dict], None] | None = None     # given each epoch's history row
     history: list[dict] = field(default_factory=list)  # one row per epoch
     hypers: list[dict] = field(default_factory=list)   # scheduled values, one row per step
+    schedule: str | None = None                        # the name of the schedule they follow
     steps: int = 0                                     # batches trained on so far
 
     def batches(self) -> list[torch.Tensor] | list[slice]:
@@ -156,7 +107,7 @@ class Learner:
     def validate(self) -> tuple[float, float]:
         logits = batched_logits(self.model, self.valid_x)
         loss = self.loss_fn(logits, self.valid_y).item()
-        accuracy = (predict(logits) == self.valid_y).double().mean().item()
+        accuracy = batch_accuracy(logits, self.valid_y).item()
         return loss, accuracy
 
     def fit(self, epochs: int, schedules: dict[str, Schedule] | None = None) -> list[dict]:
@@ -180,7 +131,8 @@ class Learner:
         return self.history
 
     def fit_one_cycle(self, epochs: int, lr_max: float) -> list[dict]:
-        """fastai's `fit_one_cycle(epochs, lr_max)`, with its defaults (see optim.one_cycle)."""
+        """fastai's `fit_one_cycle(epochs, lr_max)`, with its defaults (schedules.one_cycle)."""
+        self.schedule = "one_cycle"
         return self.fit(epochs, one_cycle(lr_max))
 
     def _finite(self, *losses: float) -> bool:

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import torch
 
+from ..data.raw import FALLBACK_WARNING, fell_back
+from ..data.tensors import Split, as_inputs, targets_in_digit_order
+from ..infra.files import read_json
+from ..infra.provenance import ModelOutputs, check_one_run
+from ..learning.models import TRAINED, initial_model, load_checkpoint
+from ..learning.predictions import batched_logits, predict, true_class_loss
+from ..learning.similarity import class_distances, load_means, nearest_margin
 from .book import book_figure, figure_text, is_book_data
-from .dataset import Split, targets_in_digit_order
-from .learner import batched_logits, predict, true_class_loss
-from .files import read_json
+from .history import read_history
+from .markdown import markdown_table
 from .metrics import confusion_matrix
-from .models import TRAINED, load_checkpoint
-from .provenance import ModelOutputs, check_one_run
-from .similarity import class_distances, load_means, nearest_margin
-from .sources import FALLBACK_WARNING, fell_back
-from .training import as_inputs, initial_model, read_history
 
 
 @dataclass
@@ -93,14 +94,6 @@ def confusion_by_digit(result: ModelResult, valid: Split, digits: list[int]) -> 
 
 
 # --- markdown --------------------------------------------------------------------------------
-
-def _row(cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
-
 
 def results_table(results: list[ModelResult], meta: dict) -> str:
     digits = [str(d) for d in meta["digits"]]

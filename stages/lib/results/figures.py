@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
-from .files import atomic_open  # noqa: E402
+from ..infra.files import atomic_open  # noqa: E402
 
 DPI = 110
 MODEL_COLOURS = {"linear": "tab:blue", "mlp": "tab:orange", "cnn": "tab:green"}

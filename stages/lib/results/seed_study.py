@@ -8,11 +8,11 @@ import math
 
 import pandas as pd
 
+from ..infra.errors import UserError
+from ..infra.experiments import Experiment
+from ..learning.models import TRAINED
 from .book import book_figure
-from .errors import UserError
-from .experiments import Experiment
-from .models import TRAINED
-from .report import markdown_table
+from .markdown import markdown_table
 
 # The baseline's book figure is the mean of its per-class accuracies (balanced accuracy).
 MODELS = {"baseline_l1": ("metrics/baseline.json", "balanced_accuracy"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..infra.errors import UserError
 
 SIZE = 28   # the MNIST field
 BOX = 20    # the box MNIST fits each digit into

@@ -1,8 +1,8 @@
 """Where MNIST comes from: mirrors, the offline 5k sample, and local folders.
 
-Whatever the source, the download stage leaves the same thing behind: IDX gz files named
-as the canonical ones (`train-*` always, `t10k-*` when the source has a test set) and a
-manifest. The canonical files are accepted only when their md5 and sha256 match.
+Whatever the source, the download stage leaves the same thing behind (raw.py): IDX gz files
+named as the canonical ones and a manifest. The canonical files are accepted only when their
+md5 and sha256 match.
 This module must not import torch: the download stage stays light.
 """
 
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .files import file_digests
+from ..infra.errors import UserError
+from ..infra.files import file_digests
+from ..infra.params import NAMED_SOURCES
 from .idx import read_idx, write_idx_gz
-from .params import NAMED_SOURCES
+from .raw import split_files
 
 # torchvision's MNIST.resources md5s, plus the sha256 of the same canonical files.
 CANONICAL_FILES = {
@@ -53,7 +54,6 @@ OFFLINE_ENV = "MNIST_OFFLINE"
 MNIST_5K_RELPATH = ("data", "data", "mnist_5k.csv.gz")
 MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
-SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 # A mirror gets READ_TIMEOUT_S to answer or to send more bytes, and DEADLINE_S for a whole
 # file (the largest is 9.9 MB); past either it is given up on for every file. MNIST_DEADLINE
 # sets DEADLINE_S for slow links (or quick tests).
@@ -61,12 +61,6 @@ READ_TIMEOUT_S = 30
 DEADLINE_S = 300
 DEADLINE_ENV = "MNIST_DEADLINE"
 _CHUNK = 1 << 16
-
-
-def split_files(split: str) -> tuple[str, str]:
-    """The (images, labels) file names of a split inside data/raw."""
-    prefix = SPLIT_PREFIX[split]
-    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
 
 
 class SourceUnavailable(UserError):
@@ -403,19 +397,6 @@ def acquire(source: str, out_dir: Path, mirrors: list[str]) -> Acquired:
     return load_local_folder(Path(source).expanduser(), out_dir)
 
 
-# Repeated where a fallback run's numbers are shown (the summary, the report's top).
-FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sample the "
-                    "download fell back to\nbecause full MNIST could not be had; they are not "
-                    "the book's. To get the full set, online or with\n"
-                    "MNIST_MIRRORS=/folder/with/the/four/gz/files: `make run` (it tries again "
-                    "after a fallback),\nor `dvc repro -f download && dvc repro`.")
-
-
-def fell_back(source: str, requested: str | None) -> bool:
-    """Whether data.source: auto ended with the offline sample rather than real MNIST."""
-    return source == "mnist-5k" and requested == "auto"
-
-
 def warn_fallback(err: Exception) -> None:
     bar = "!" * 78
     print(f"{bar}\nWARNING: full MNIST could not be downloaded, so this run uses mnist-5k\n"
@@ -424,20 +405,6 @@ def warn_fallback(err: Exception) -> None:
           "folder or URL holding\nthe four MNIST .gz files: `make run` (it tries again after "
           f"a fallback), or `dvc repro -f download`.\n{bar}",
           file=sys.stderr)
-
-
-def check_manifest(raw_dir: Path, manifest: dict) -> None:
-    """The files in raw_dir are the ones its manifest lists, by sha256: what tensorise
-    reads is what the download stage fetched and verified."""
-    for name, recorded in manifest["files"].items():
-        path = raw_dir / name
-        if not path.is_file():
-            raise UserError(f"{path} is missing, though {raw_dir}/manifest.json lists it; "
-                            "rerun `dvc repro download`")
-        if file_digests(path)["sha256"] != recorded["sha256"]:
-            raise UserError(f"{path} is not the file {raw_dir}/manifest.json lists (its "
-                            "sha256 differs): it changed after the download stage ran; rerun "
-                            "`dvc repro download`")
 
 
 def build_manifest(acquired: Acquired, out_dir: Path, requested: str) -> dict:

@@ -1,4 +1,4 @@
-"""The book's published figures (../shared/REFERENCE.md) and the settings they belong to,
+"""The book's published figures (docs/book.md) and the settings they belong to,
 so the report can put the book's number beside ours only where the run matches the book."""
 
 from __future__ import annotations

@@ -1,40 +1,35 @@
-"""The chapter's models, rebuilt from a small config so checkpoints load with weights_only."""
+"""The chapter's models, built from a small config that checkpoints record, so that a
+checkpoint loads with weights_only and rebuilds the model it was trained as.
+
+Every model takes flat N×784 pixels in [0, 1], so the Learner, the report and predictions
+treat them alike.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .provenance import data_record
-from .torchio import load_pt, save_pt
+from ..infra.errors import UserError
+from ..infra.provenance import data_record
+from ..infra.torchio import load_pt, save_pt
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits", "tensors"}
 TRAINED = ("linear", "mlp", "cnn")  # the models the pipeline trains, stage train_<name> each
 
 
-def n_outputs(kind: str, digits: list[int]) -> int:
-    """The linear model and MLP have one logit for two digits (the book's sigmoid output); the
-    CNN, like the book's, has one output per class and cross-entropy even for two."""
-    return 1 if len(digits) == 2 and kind != "cnn" else len(digits)
+def linear_model(n_outputs: int) -> nn.Module:
+    """The book's `nn.Linear(28*28, 1)` (one output per class for three or more digits)."""
+    return nn.Sequential(nn.Linear(N_PIXELS, n_outputs))
 
 
-def build_model(config: dict) -> nn.Module:
-    """A model from its config: {"kind": "linear"|"mlp"|"cnn", "n_outputs": k, "hidden": [...]}.
-
-    Every model takes flat N×784 pixels, so the Learner, the report and predictions treat
-    them alike.
-    """
-    if config["kind"] == "cnn":
-        # A checkpoint from before the CNN standardised its input has no stats: 0 and 1 are
-        # exactly the model it was trained as.
-        return resnet18_for_mnist(config["n_outputs"], config.get("input_mean", 0.0),
-                                  config.get("input_std", 1.0))
-    widths = [N_PIXELS, *config.get("hidden", []), config["n_outputs"]]
+def simple_net(hidden: list[int], n_outputs: int) -> nn.Module:
+    """The book's `simple_net`, `Linear(784, 30), ReLU, Linear(30, 1)`, for any hidden
+    widths: a Linear and a ReLU per width, then the output layer."""
+    widths = [N_PIXELS, *hidden, n_outputs]
     layers: list[nn.Module] = []
     for n_in, n_out in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(n_in, n_out), nn.ReLU()]
@@ -52,10 +47,41 @@ def resnet18_for_mnist(n_classes: int, input_mean: float = 0.0,
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     # The init torchvision gives its own convs, not nn.Conv2d's default.
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    for module in net.modules():
-        if type(module) is nn.Conv2d:
-            module.__class__ = PaddingSkippingConv2d  # same weights, same state_dict keys
     return nn.Sequential(GreyImages(input_mean, input_std), net)
+
+
+def build_model(config: dict) -> nn.Module:
+    """The model a config describes: {"kind": "linear" | "mlp" | "cnn", "n_outputs": k,
+    "hidden": [widths]}, and for the CNN the `input_mean` and `input_std` it standardises
+    its input with."""
+    kind = config["kind"]
+    if kind == "linear":
+        return linear_model(config["n_outputs"])
+    if kind == "mlp":
+        return simple_net(config["hidden"], config["n_outputs"])
+    if kind == "cnn":
+        # A checkpoint from before the CNN standardised its input has no stats: 0 and 1 are
+        # exactly the model it was trained as.
+        return resnet18_for_mnist(config["n_outputs"], config.get("input_mean", 0.0),
+                                  config.get("input_std", 1.0))
+    raise UserError(f"unknown model kind {kind!r} (expected linear, mlp or cnn)")
+
+
+@torch.no_grad()
+def init_params(model: nn.Module) -> nn.Module:
+    """The book's `init_params`: every weight and bias drawn from randn (std 1)."""
+    for param in model.parameters():
+        param.copy_(torch.randn(param.shape))
+    return model
+
+
+def initial_model(config: dict, seed: int, init: str = "torch") -> nn.Module:
+    """The model as training starts: seeded, built, and with `init: book` given the book's
+    init_params (`torch`: the layers' own init). The report rebuilds it from what a
+    checkpoint records, to show what training changed."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    return init_params(model) if init == "book" else model
 
 
 def input_stats(images: torch.Tensor) -> dict[str, float]:
@@ -77,7 +103,7 @@ def input_stats(images: torch.Tensor) -> dict[str, float]:
 class GreyImages(nn.Module):
     """Flat 784 pixels in [0, 1] to 1×28×28 images with zero mean and unit variance over the
     training set. The book feeds raw [0, 1] pixels; standardised, one epoch has fewer bad
-    seeds at a low peak lr (README, "The CNN")."""
+    seeds at a low peak lr (docs/cnn.md)."""
 
     def __init__(self, mean: float, std: float):
         super().__init__()
@@ -88,34 +114,6 @@ class GreyImages(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean}, std={self.std}"
-
-
-class PaddingSkippingConv2d(nn.Conv2d):
-    """nn.Conv2d that skips the kernel taps which see only zero padding when its output is
-    a single pixel, exactly the same sum without the zeros.
-
-    From 28×28 MNIST, resnet18's last stage works on 2×2 and 1×1 maps: a 3×3 conv on a 1×1
-    input multiplies 8 of its 9 taps by padding. Skipping them makes a training step about
-    8% faster; the skipped taps get zero gradient either way.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (height, width), (kh, kw) = x.shape[-2:], self.kernel_size
-        (ph, pw), (sh, sw) = self.padding, self.stride
-        one_pixel = (height + 2 * ph - kh) // sh == 0 and (width + 2 * pw - kw) // sw == 0
-        inside_kernel = height + ph <= kh and width + pw <= kw
-        if (one_pixel and inside_kernel and self.groups == 1 and self.dilation == (1, 1)
-                and self.padding_mode == "zeros"):
-            return F.conv2d(x, self.weight[:, :, ph:ph + height, pw:pw + width], self.bias)
-        return super().forward(x)
-
-
-@torch.no_grad()
-def book_init_(model: nn.Module) -> nn.Module:
-    """The chapter's `init_params`: every weight and bias drawn from randn (std 1)."""
-    for param in model.parameters():
-        param.copy_(torch.randn(param.shape))
-    return model
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: dict,

@@ -11,9 +11,9 @@ import copy
 import math
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..infra.errors import UserError
 from .learner import Learner
-from .optim import sched_exp
+from .schedules import sched_exp
 
 # fastai's defaults: lr_find(start_lr=1e-7, end_lr=10, num_it=100), AvgSmoothLoss(beta=0.98).
 START_LR, END_LR, NUM_IT, BETA = 1e-7, 10.0, 100, 0.98

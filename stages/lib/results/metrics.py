@@ -1,10 +1,11 @@
-"""Accuracy as DESIGN.md defines it: pooled, balanced (mean per class), and per class."""
+"""Accuracy as every metrics/*.json holds it (docs/design.md): pooled, balanced (the mean
+over classes, the book's `(accuracy_3s + accuracy_7s) / 2`), and per class."""
 
 from __future__ import annotations
 
 import torch
 
-from .dataset import targets_in_digit_order
+from ..data.tensors import targets_in_digit_order
 
 DECIMALS = 4
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .files import atomic_open
+from ..infra.errors import UserError
+from ..infra.files import atomic_open
 
 _UBYTE = 0x08
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from .dataset import to_float
-from .provenance import data_record
-from .torchio import load_pt, save_pt
+from ..data.tensors import to_float
+from ..infra.provenance import data_record
+from ..infra.torchio import load_pt, save_pt
 
 DISTANCES = ("l1", "l2")
 # Valid images compared per step: batch × classes × 784 floats stay a few tens of MB.
@@ -25,17 +25,24 @@ def class_means(images: torch.Tensor, targets: torch.Tensor, n_classes: int) -> 
     return torch.stack([floats[targets == c].mean(0) for c in range(n_classes)])
 
 
-def distances(images: torch.Tensor, means: torch.Tensor, kind: str) -> torch.Tensor:
-    """batch×classes distances between float images and the class means.
+def mnist_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The book's `mnist_distance`: the mean absolute difference (L1) over the last two
+    axes, broadcast over the rest."""
+    return (a - b).abs().mean((-1, -2))
 
-    l1 is the book's `mnist_distance`, the mean absolute difference; l2 is the root mean
-    squared difference.
-    """
-    diff = images[:, None] - means[None]
+
+def rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The book's other distance, the root mean squared difference (L2)."""
+    return (a - b).square().mean((-1, -2)).sqrt()
+
+
+def distances(images: torch.Tensor, means: torch.Tensor, kind: str) -> torch.Tensor:
+    """batch×classes distances between float images and the class means, by `l1`
+    (mnist_distance) or `l2` (rms_distance)."""
     if kind == "l1":
-        return diff.abs().mean((-1, -2))
+        return mnist_distance(images[:, None], means[None])
     if kind == "l2":
-        return diff.square().mean((-1, -2)).sqrt()
+        return rms_distance(images[:, None], means[None])
     raise ValueError(f"unknown distance {kind!r}, expected one of {DISTANCES}")
 
 

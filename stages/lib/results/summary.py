@@ -8,10 +8,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..data.raw import FALLBACK_WARNING, fell_back
+from ..infra.errors import UserError
+from ..infra.files import read_yaml
 from .book import book_figure, figure_text, is_book_data
-from .errors import UserError
-from .files import read_yaml
-from .sources import FALLBACK_WARNING, fell_back
+from .markdown import text_table
 
 LOCK = Path("dvc.lock")
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
@@ -103,14 +104,6 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
 def at_chance(balanced_accuracy: float, n_classes: int) -> bool:
     """No better than guessing one class (within a few points): a number not to trust."""
     return balanced_accuracy < 1 / n_classes + 0.05
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    """Aligned columns for a terminal: the first to the left, the numbers to the right."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [[cell.ljust(w) if i == 0 else cell.rjust(w)
-              for i, (cell, w) in enumerate(zip(row, widths))] for row in [header, *rows]]
-    return "\n".join("  ".join(line).rstrip() for line in lines)
 
 
 def render_summary(meta: dict, rows: list[list[str]]) -> str:

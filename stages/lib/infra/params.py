@@ -147,11 +147,3 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise UserError(f"{path} not found; run the stages from the project root")
     return validate_params(read_yaml(path, "params"), str(path))
 
-
-if __name__ == "__main__":
-    # The `check_params` stage: dvc.yaml lists every key of params.yaml for it, so any edit
-    # reruns this check, including keys no stage lists (a typo, or `-S '+key=value'`), which
-    # would otherwise rerun nothing and go unnoticed.
-    from .errors import run_stage
-
-    run_stage("check_params", load_params)

@@ -1,0 +1,183 @@
+"""What the three training stages do alike around their own recipe (stages/train_*.py):
+set up threads, device and data, log each epoch through DVCLive while the recipe's Learner
+fits, then save the checkpoint, metrics and history, all of them new or (when training or a
+write fails) all of them as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..data.tensors import Split, as_inputs, load_tensors
+from ..infra.errors import UserError
+from ..infra.files import together, write_json, write_text
+from ..infra.params import Params
+from ..infra.provenance import metrics_origin
+from ..infra.threads import use_threads
+from ..results.history import HISTORY_COLUMNS, history_tsv
+from ..results.metrics import DECIMALS, classification_metrics
+from .learner import Learner, TrainingDiverged
+from .losses import loss_name
+from .models import save_checkpoint
+from .predictions import batched_logits, predict
+
+if TYPE_CHECKING:
+    from dvclive import Live
+
+LIVE_DIR = Path("dvclive")  # dvclive/<name>/: the run as it trains, for DVC's plots
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("base.device: cuda asked for, but torch sees no CUDA GPU; "
+                        "use cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class TrainingData:
+    """data/tensors as a training stage uses them: the splits, and their flat float pixels
+    and targets on the device (the book's train_x, train_y, valid_x, valid_y)."""
+    meta: dict
+    train: Split
+    valid: Split
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+
+    @property
+    def digits(self) -> list[int]:
+        return self.meta["digits"]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """train_x, train_y, valid_x, valid_y: what a Learner is given."""
+        return self.train_x, self.train_y, self.valid_x, self.valid_y
+
+
+def load_training_data(device: torch.device) -> TrainingData:
+    meta, train, valid = load_tensors()
+    return TrainingData(meta, train, valid, *as_inputs(train, device), *as_inputs(valid, device))
+
+
+def shuffling(shuffle: bool, seed: int) -> torch.Generator | None:
+    """What reshuffles the training set every epoch (from the seed), or None: the book's
+    order, all of one digit, then the next."""
+    return torch.Generator().manual_seed(seed) if shuffle else None
+
+
+class TrainingRun:
+    """One run of a training stage: `TrainingRun(stage, params)` sets torch's threads, picks
+    the device and loads the tensors; the recipe builds its Learner on `run.data`; inside
+    `with run.recorded(learner):` it fits and calls `run.save(learner, config)`."""
+
+    def __init__(self, stage: str, params: Params):
+        self.stage, self.name = stage, stage.removeprefix("train_")
+        self.cfg = getattr(params, stage)
+        self.seed = params.base.seed
+        self.device = resolve_device(params.base.device)
+        self.threads = use_threads(params.base.threads)
+        self.data = load_training_data(self.device)
+        self.metrics: dict | None = None
+
+    @contextlib.contextmanager
+    def recorded(self, learner: Learner) -> Iterator[None]:
+        """DVCLive logs each epoch of the block's fit; what the block saves replaces the old
+        outputs at its end, or (it fails) nothing does, and no log of it is left."""
+        start = time.perf_counter()
+        with live_log(self.name, learner) as live, together():
+            try:
+                yield
+            except TrainingDiverged as err:
+                raise UserError(f"training diverged with {self.stage}.lr = {self.cfg.lr}: "
+                                f"{err}. Lower {self.stage}.lr; no checkpoint or metrics "
+                                f"were written") from None
+            if learner.hypers:  # a schedule: the learning rate changed every step
+                live.log_plot("lr", learner.hypers, x="step", y="lr",
+                              title=f"{self.stage}: learning rate per step "
+                                    f"({learner.schedule.replace('_', '-')})")
+        if self.metrics is None:
+            raise RuntimeError(f"{self.stage}: the recipe fitted but did not save")
+        seconds = time.perf_counter() - start
+        m = self.metrics
+        print(f"{self.stage}: accuracy {m['accuracy']}, balanced {m['balanced_accuracy']}, "
+              f"per class {m['per_class']} ({seconds:.1f} s on {self.device}, "
+              f"{seconds / self.cfg.epochs:.2f} s/epoch, {self.threads})", file=sys.stderr)
+
+    def save(self, learner: Learner, config: dict) -> None:
+        """models/<name>.pt (the weights, `config` to rebuild the model, how it was trained,
+        on which tensors), metrics/<name>.json and plots/<name>.tsv."""
+        meta = self.data.meta
+        metrics = final_metrics(learner, self.cfg.epochs, meta, self.threads.count)
+        fingerprint = save_checkpoint(f"models/{self.name}.pt", learner.model, config,
+                                      self.training_record(learner), meta)
+        write_text(f"plots/{self.name}.tsv", history_tsv(learner.history))
+        write_json(f"metrics/{self.name}.json", {**metrics, **metrics_origin(meta, fingerprint)})
+        self.metrics = metrics
+
+    def training_record(self, learner: Learner) -> dict:
+        """What the checkpoint records of how the model was trained: the stage's params, the
+        seed, threads, loss and optimizer; for a scheduled fit, the schedule as followed,
+        one value per step, for the report to draw."""
+        record = {**self.cfg.model_dump(exclude={"hidden"}), "seed": self.seed,
+                  "threads": self.threads.count, "loss": loss_name(learner.loss_fn),
+                  "optimizer": learner.opt.name}
+        if learner.schedule:
+            record.update(schedule=learner.schedule,
+                          hypers={key: [row[key] for row in learner.hypers]
+                                  for key in learner.hypers[0] if key != "step"})
+        return record
+
+
+def final_metrics(learner: Learner, epochs: int, meta: dict, threads: int) -> dict:
+    """metrics/<name>.json: the trained model's scores on the validation set, and what they
+    were computed from."""
+    last = learner.history[-1]
+    preds = predict(batched_logits(learner.model, learner.valid_x))
+    return {**classification_metrics(preds, learner.valid_y, meta["digits"]),
+            "train_loss": round(last["train_loss"], DECIMALS),
+            "valid_loss": round(last["valid_loss"], DECIMALS),
+            "epochs": epochs, "n_train": len(learner.train_y),
+            "n_valid": len(learner.valid_y), "source": meta["source"],
+            "split": meta["split"], "threads": threads}
+
+
+@contextlib.contextmanager
+def live_log(name: str, learner: Learner) -> Iterator[Live]:
+    """Log each epoch of the learner's fit through DVCLive into dvclive/<name>/ as it
+    trains, so `dvc plots show`, DVC's VS Code extension and Studio can follow the run.
+    A fit that fails leaves no log behind: it would stand beside the last good outputs."""
+    from dvclive import Live  # here: lr_find, importing this module, need not
+
+    # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
+    # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
+    try:
+        live = Live(dir=str(LIVE_DIR / name), dvcyaml=None, save_dvc_exp=False)
+    except (OSError, sqlite3.Error) as err:  # DVC's own databases, on a full disk
+        raise UserError(f"could not start DVCLive's log in {LIVE_DIR / name}: {err}") from None
+
+    def log_epoch(row: dict) -> None:
+        for key in HISTORY_COLUMNS[1:]:
+            live.log_metric(key, row[key])
+        live.next_step()
+
+    learner.on_epoch = log_epoch
+    try:
+        yield live
+        live.end()
+    except BaseException:
+        shutil.rmtree(live.dir, ignore_errors=True)
+        raise
+    finally:
+        learner.on_epoch = None
