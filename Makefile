@@ -9,10 +9,10 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: help setup run metrics test bench clean
+.PHONY: help setup run metrics test test-fast bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install requirements.txt
 
@@ -30,8 +30,11 @@ run: $(STAMP)  ## run the pipeline (dvc repro), print each model's accuracy
 metrics: $(STAMP)  ## each model's accuracy beside the book's, from the committed metrics
 	@python -m stages.summary
 
-test: $(STAMP)  ## run the tests
+test: $(STAMP)  ## run the tests (what CI runs)
 	python -m pytest
+
+test-fast: $(STAMP)  ## the unit tests on tiny data only, no pipeline run (under 30 s)
+	python -m pytest -m "not pipeline"
 
 bench: $(STAMP)  ## benchmark: Learner vs the chapter's loop, CNN vs fastai, queue sweeps, dvc repro
 	python -m bench.bench

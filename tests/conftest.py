@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stages.lib.infra.experiments import BOOK_DATA
 from stages.lib.infra.threads import ENV_VAR, available_cores
 from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS_5K, copy_project,
                            run_pipeline_project, serve_folder)
@@ -62,7 +63,7 @@ def shared_run(root: Path, name: str, build: Callable[[Path], subprocess.Complet
 
 
 def build_book(project: Path, mirror_url: str) -> subprocess.CompletedProcess:
-    return run_pipeline_project(project, {"data.source": "mnist", "data.split": "official"},
+    return run_pipeline_project(project, BOOK_DATA,
                                 mirrors=mirror_url)
 
 
@@ -96,9 +97,19 @@ def _waits_for(item) -> tuple[int, bool]:
     return shared, item.get_closest_marker("long") is None
 
 
+def pytest_itemcollected(item):
+    """A test on a shared pipeline run is a `pipeline` test, as are those marked so by hand
+    (they run DVC or the stages in new processes): `make test-fast` leaves them all out.
+    Marked as collected, so pytest's -m filter sees it."""
+    if any(name in getattr(item, "fixturenames", ()) for name in SHARED_FIXTURES):
+        item.add_marker(pytest.mark.pipeline)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     """Under xdist: the quick tests first, and the shared real-data runs started in the
-    background at once, so no worker sits waiting for a run another is building."""
+    background at once, so no worker sits waiting for a run another is building. After
+    pytest's -m filter: a run that leaves out the pipeline tests builds no pipeline run."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
     items.sort(key=_waits_for)  # the same order in every worker, as xdist requires
@@ -156,10 +167,10 @@ def book_copy(book_project, tmp_path):
 
 @pytest.fixture(scope="session")
 def ten_digit_project(tmp_path_factory):
-    """All ten digits with the README's training settings, offline: data.source auto falls
+    """All ten digits with the documented training settings, offline: data.source auto falls
     back to mnist-5k (500 images a digit, 4000 to train). The ten-class path and the fallback
-    end to end. The README's run on all of MNIST is checked by `make bench`, whose ten-digit
-    pipeline asserts the README's accuracies."""
+    end to end. The run on all of MNIST is checked by `make bench`, whose ten-digit
+    pipeline asserts the accuracies docs/experiments.md gives."""
     return shared_run(shared_root(tmp_path_factory), "ten", build_ten)
 
 

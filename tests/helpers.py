@@ -23,20 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib.infra.experiments import DVC
+from stages.lib.infra.experiments import DVC, TEN_DIGITS
 from stages.lib.infra.files import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST files: ../shared/mnist beside the checkout, or MNIST_TEST_DATA (the GitHub
 # workflow points it at what `dvc repro download` fetched).
 SHARED_MNIST = Path(os.environ.get("MNIST_TEST_DATA", ROOT.parent / "shared" / "mnist"))
-# The all-ten-digits settings documented in the README ("All ten digits").
-TEN_DIGITS = {"data.digits": list(range(10)), "data.split": "official",
-              "train_linear.init": "torch", "train_linear.lr": 0.5,
-              "train_linear.shuffle": True,
-              "train_mlp.hidden": [128], "train_mlp.lr": 0.5, "train_mlp.epochs": 20,
-              "train_mlp.shuffle": True}
-# The same run offline: data.source auto falls back to the 5000-image sample (no test set,
+# The ten-digit settings (stages/lib/infra/experiments.py) offline: data.source auto falls back to the 5000-image sample (no test set,
 # so split auto picks a random validation split). One epoch on 4000 images is 31 one-cycle
 # steps at batch 128: too few for lr 0.1 (0.30 accuracy); batch 64 at lr 0.01 reaches 0.93.
 TEN_DIGITS_5K = {**TEN_DIGITS, "data.source": "auto", "data.split": "auto",

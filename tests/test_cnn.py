@@ -17,7 +17,7 @@ def test_cnn_accuracy_on_real_mnist(book_project):
     project, result = book_project
     metrics = read_json(project / "metrics/cnn.json")
     assert metrics["n_valid"] == 2038 and metrics["per_class"].keys() == {"3", "7"}
-    # Seed to seed, one epoch lands between 4 and 9 of 2038 wrong (README, "The CNN"); the
+    # Seed to seed, one epoch lands between 4 and 9 of 2038 wrong (docs/cnn.md); the
     # book's one run had 6 wrong (0.997).
     assert metrics["accuracy"] >= 0.995
     assert "train_cnn: accuracy" in result.stderr
@@ -40,6 +40,7 @@ def test_cnn_checkpoint_records_the_schedule_it_followed(book_project):
     assert abs(config["input_std"] - pixels.std(correction=0).item()) <= 5e-5
 
 
+@pytest.mark.pipeline
 def test_cnn_retrains_bit_for_bit(tmp_path):
     """The CNN stage twice on the same data and params: the same bytes. On 3/7 of the
     5000-image sample (800 images to train), so that two runs take seconds; in this process,

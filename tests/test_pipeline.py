@@ -76,6 +76,19 @@ def test_every_stage_depends_on_exactly_the_code_it_runs():
             assert not [dep for dep in listed if dep.startswith(NOT_FOR_MODELS)], name
 
 
+def test_the_library_imports_go_one_way():
+    # infra is what everything leans on, data what everything reads: neither reaches into
+    # the chapter's code, and nothing in the library imports a stage.
+    allowed = {"infra": {"infra"}, "data": {"infra", "data"}}
+    lib = ROOT / "stages" / "lib"
+    for module in lib.rglob("*.py"):
+        folder = module.relative_to(lib).parts[0]
+        reached = {Path(m).relative_to("stages").parts for m in imported_modules(module)}
+        assert all(parts[0] == "lib" for parts in reached), module
+        if folder in allowed:
+            assert {parts[1] for parts in reached} <= allowed[folder], module
+
+
 def test_package_files_hold_nothing_a_stage_could_depend_on():
     # Importing a module runs its packages' __init__.py too; dvc.yaml does not list them,
     # so they may hold a docstring and nothing else.

@@ -76,6 +76,7 @@ def start_download(project, mirror: str) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.pipeline
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path, shared_mnist):
     project = make_project(tmp_path / "project", {"data.source": "mnist"})
     with serve_slowly(shared_mnist) as url:
@@ -88,6 +89,7 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path, shared_mnist):
     assert list((project / "data").iterdir()) == []
 
 
+@pytest.mark.pipeline
 def test_what_a_sigkill_leaves_is_removed_by_the_next_run(tmp_path, shared_mnist):
     project = make_project(tmp_path / "project", {"data.source": "mnist"})
     with serve_slowly(shared_mnist) as url:
@@ -143,6 +145,7 @@ def limit_file_size(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.pipeline
 def test_a_failed_write_is_one_message_and_leaves_the_stage_outputs_old(tmp_path):
     project = make_project(tmp_path / "project", {"data.source": "mnist-5k",
                                                   "train_mlp.hidden": [400]})
@@ -166,6 +169,7 @@ def test_a_failed_write_is_one_message_and_leaves_the_stage_outputs_old(tmp_path
         assert hidden_entries(project / folder) == []
 
 
+@pytest.mark.pipeline
 def test_stage_interrupted_while_saving_tensors(tmp_path, monkeypatch):
     """tensorise dies writing valid.pt: the tensors of the last good run stay, whole."""
     project = make_project(tmp_path / "project", {"data.source": "mnist-5k"})

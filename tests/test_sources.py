@@ -287,6 +287,7 @@ def test_a_missing_relative_folder_shows_where_it_was_looked_for(tmp_path, out_d
     assert "`dvc exp run --temp` or `--queue`" in str(err.value)
 
 
+@pytest.mark.pipeline
 def test_a_relative_folder_under_exp_run_temp_names_the_temporary_copy(tmp_path):
     # The folder exists beside the workspace's params.yaml, but is not in git, so the
     # temporary copy DVC runs the experiment in does not have it.

@@ -34,6 +34,7 @@ def corrupted_mirror(shared_mnist, folder, name, how):
     return folder
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_corrupted_mirror_file_is_rejected_and_nothing_written(project, shared_mnist, tmp_path,
                                                                 how):
@@ -47,6 +48,7 @@ def test_corrupted_mirror_file_is_rejected_and_nothing_written(project, shared_m
     assert not any((project / "data").glob(".raw.*"))
 
 
+@pytest.mark.pipeline
 def test_second_mirror_used_when_first_is_corrupted(project, shared_mnist, tmp_path,
                                                      mnist_mirror_url):
     set_params(project, {"data.source": "mnist"})
@@ -57,6 +59,7 @@ def test_second_mirror_used_when_first_is_corrupted(project, shared_mnist, tmp_p
     assert read_json(project / "data/raw/manifest.json")["source"] == "mnist"
 
 
+@pytest.mark.pipeline
 def test_offline_auto_falls_back_to_mnist_5k_loudly(project):
     result = run_stage(project, "download", check=True)
     assert "WARNING: full MNIST could not be downloaded" in result.stderr
@@ -65,6 +68,7 @@ def test_offline_auto_falls_back_to_mnist_5k_loudly(project):
     assert manifest["splits"] == ["train"]
 
 
+@pytest.mark.pipeline
 def test_official_split_with_mnist_5k_is_an_error(project):
     set_params(project, {"data.source": "mnist-5k", "data.split": "official"})
     run_stage(project, "download", check=True)
@@ -73,6 +77,7 @@ def test_official_split_with_mnist_5k_is_an_error(project):
     assert not (project / "data" / "tensors").exists()
 
 
+@pytest.mark.pipeline
 def test_invalid_params_stop_a_stage_before_any_work(project):
     set_params(project, {"data.digits": [3]})
     result = run_stage(project, "download")
@@ -80,11 +85,13 @@ def test_invalid_params_stop_a_stage_before_any_work(project):
     assert not (project / "data").exists()
 
 
+@pytest.mark.pipeline
 def test_missing_local_folder(project, tmp_path):
     set_params(project, {"data.source": str(tmp_path / "no-such-folder")})
     assert_user_error(run_stage(project, "download"), "no-such-folder' is not a known source")
 
 
+@pytest.mark.pipeline
 def test_tensorise_refuses_raw_files_the_manifest_does_not_list(project):
     set_params(project, {"data.source": "mnist-5k"})
     run_stage(project, "download", check=True)
@@ -102,6 +109,7 @@ def test_tensorise_before_download(project):
     assert_user_error(run_module(project, "stages.tensorise"), "the download manifest not found")
 
 
+@pytest.mark.pipeline
 def test_dvc_repro_fails_on_a_hand_typo_no_stage_would_rerun_for(project):
     # `report.worst_mistakess`: no stage lists it, so without the check_params stage DVC
     # would rerun nothing and exit 0. The check runs first: no data is fetched.

@@ -3,6 +3,8 @@ beside the book's, from metrics/*.json and the params dvc.lock records for them.
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import re
@@ -121,6 +123,7 @@ def test_the_offline_fallback_is_repeated_and_other_data_has_no_book_column(ten_
     assert "WARNING: these numbers are from mnist-5k" in output
 
 
+@pytest.mark.pipeline
 def test_make_run_ends_with_the_summary_and_make_metrics_prints_it():
     def commands(target):
         # Under `make test` this make is a sub-make: --no-print-directory keeps its

@@ -21,7 +21,7 @@ BOOK_FIGURES = [
      {"accuracy": 0.9828}),
     # The chapter's last step, fit_one_cycle(1, 0.1) in batches of 64 (the DataLoader's
     # default) with fastai's weight decay: one epoch is what makes it that step; its peak lr
-    # and batch size are ours to tune (README, "The CNN"), so they are named, not required.
+    # and batch size are ours to tune (docs/cnn.md), so they are named, not required.
     ("cnn", {"epochs": 1}, {"lr": 0.1, "batch_size": 64, "wd": 0.01}, {"accuracy": 0.997}),
 ]
 
