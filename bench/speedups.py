@@ -1,12 +1,13 @@
 """What each of the CNN's speed-ups (stages/lib/learning/speedups.py) gains: training steps
 of train_cnn's resnet18 at its batch size, plain and with each speed-up, on this machine.
 
-    python -m bench.speedups             # 200 steps each (about 2 minutes on 2 cores)
+    python -m bench.speedups             # 200 steps each (about 4 minutes on 2 cores)
     python -m bench.speedups --steps 50
 
-Each configuration trains from the same init on the same batches (random pixels: the time
-of a step does not depend on them) after 10 warm-up steps; the optimizer's step is also
-timed alone. Run it with the machine otherwise idle.
+Each configuration trains its own resnet18 from the same init on the same batch (random
+pixels: the time of a step does not depend on them); the four take steps in turn, after 10
+warm-up steps each, so that a drift in the machine's speed touches them alike. The optimizer's
+step is also timed alone. Run it with the machine otherwise idle.
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ BATCH = 128  # train_cnn.batch_size in params.yaml
 WARM_UP = 10
 
 
-def time_steps(fused: bool, skip_padding: bool, steps: int) -> tuple[float, float]:
-    """Median seconds of a whole training step and of the optimizer's step alone."""
+CONFIGURATIONS = (("plain (the chapter's code)", False, False),
+                  ("+ PaddingSkippingConv2d", False, True),
+                  ("+ FusedAdam", True, False),
+                  ("both (train_cnn)", True, True))
+
+
+def training_step(fused: bool, skip_padding: bool):
+    """A function doing one training step of a fresh resnet18 set up so; it returns the
+    seconds of the whole step and of the optimizer's step."""
     torch.manual_seed(0)
     model = build_model({"kind": "cnn", "n_outputs": 2}).train()
     if skip_padding:
@@ -36,34 +44,41 @@ def time_steps(fused: bool, skip_padding: bool, steps: int) -> tuple[float, floa
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(BATCH, 784, generator=generator)
     y = torch.randint(0, 2, (BATCH,), generator=generator)
-    whole, step_only = [], []
-    for i in range(WARM_UP + steps):
+
+    def step() -> tuple[float, float]:
         start = time.perf_counter()
         cross_entropy_loss(model(x), y).backward()
         before_step = time.perf_counter()
         opt.step()
         end = time.perf_counter()
         opt.zero_grad()
-        if i >= WARM_UP:
-            whole.append(end - start)
-            step_only.append(end - before_step)
-    return sorted(whole)[len(whole) // 2], sorted(step_only)[len(step_only) // 2]
+        return end - start, end - before_step
+    return step
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per configuration")
     steps = parser.parse_args().steps
+    runs = [training_step(fused, skip) for _, fused, skip in CONFIGURATIONS]
+    times: list[list[tuple[float, float]]] = [[] for _ in runs]
+    # Round robin, one step of each configuration in turn: a machine whose speed drifts
+    # over minutes slows them all alike.
+    for i in range(WARM_UP + steps):
+        for run, timed in zip(runs, times):
+            seconds = run()
+            if i >= WARM_UP:
+                timed.append(seconds)
     print(f"resnet18 (train_cnn's), batch {BATCH}, {torch.get_num_threads()} threads, "
-          f"median of {steps} steps")
+          f"median of {steps} steps, taken in turn")
     print(f"{'configuration':<34}{'step, ms':>10}{'optimizer, ms':>15}{'vs plain':>10}")
-    plain = None
-    for label, fused, skip in (("plain (the chapter's code)", False, False),
-                               ("+ PaddingSkippingConv2d", False, True),
-                               ("+ FusedAdam", True, False),
-                               ("both (train_cnn)", True, True)):
-        whole, step_only = time_steps(fused, skip, steps)
-        plain = plain or whole
+    plain = median([whole for whole, _ in times[0]])
+    for (label, _, _), timed in zip(CONFIGURATIONS, times):
+        whole, step_only = median([w for w, _ in timed]), median([s for _, s in timed])
         print(f"{label:<34}{whole * 1e3:>10.1f}{step_only * 1e3:>15.1f}{plain / whole:>9.2f}x")
 
 

@@ -35,11 +35,12 @@ def learner(params: Params, data: TrainingData,
     """The Learner `dvc repro` trains (and `python -m stages.lr_find train_cnn` sweeps),
     and the config that rebuilds its model from the checkpoint."""
     cfg, seed = params.train_cnn, params.base.seed
+    # resnet18, untrained, one grey channel in, one output per digit, standardised input
     config = {"kind": "cnn", "n_outputs": len(data.digits), "hidden": [],
               **input_stats(data.train.images)}
     model = initial_model(config, seed).to(data.train_x.device)
-    opt = Adam(model, lr=cfg.lr, wd=cfg.wd)
-    # The same numbers, faster on a CPU: stages/lib/learning/speedups.py says how and by how much.
+    opt = Adam(model, lr=cfg.lr, wd=cfg.wd)  # fastai's Adam, true weight decay
+    # The same computation but for float rounding, faster: speedups.py says how and by how much.
     model, opt = speed_up(model, opt)
     learn = Learner(model, *data.tensors(), loss_fn=cross_entropy_loss, opt=opt,
                     batch_size=cfg.batch_size, generator=shuffling(cfg.shuffle, seed),

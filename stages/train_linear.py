@@ -32,8 +32,9 @@ def learner(params: Params, data: TrainingData,
     """The Learner `dvc repro` trains (and `python -m stages.lr_find train_linear` sweeps),
     and the config that rebuilds its model from the checkpoint."""
     cfg, seed, n_classes = params.train_linear, params.base.seed, len(data.digits)
+    # one linear layer, 784 -> 1 (a logit: sigmoid > 0.5 is the first digit)
     config = {"kind": "linear", "n_outputs": 1 if n_classes == 2 else n_classes, "hidden": []}
-    model = initial_model(config, seed, cfg.init).to(data.train_x.device)
+    model = initial_model(config, seed, cfg.init).to(data.train_x.device)  # init: book = randn
     learn = Learner(model, *data.tensors(), loss_fn=book_loss(cfg.loss, n_classes),
                     opt=BasicOptim(model.parameters(), lr=cfg.lr), batch_size=cfg.batch_size,
                     generator=shuffling(cfg.shuffle, seed), log=log)

@@ -31,6 +31,7 @@ def learner(params: Params, data: TrainingData,
     """The Learner `dvc repro` trains (and `python -m stages.lr_find train_mlp` sweeps),
     and the config that rebuilds its model from the checkpoint."""
     cfg, seed, n_classes = params.train_mlp, params.base.seed, len(data.digits)
+    # simple_net: Linear(784, 30), ReLU, Linear(30, 1) for hidden [30]
     config = {"kind": "mlp", "n_outputs": 1 if n_classes == 2 else n_classes,
               "hidden": list(cfg.hidden)}
     model = initial_model(config, seed).to(data.train_x.device)
