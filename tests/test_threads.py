@@ -1,4 +1,4 @@
-"""The thread policy (stages/lib/threads.py) and the seed study's summary."""
+"""The thread policy (stages/lib/infra/threads.py) and the seed study's summary."""
 
 from __future__ import annotations
 
