@@ -103,7 +103,7 @@ class TrainingRun:
                 raise UserError(f"training diverged with {self.stage}.lr = {self.cfg.lr}: "
                                 f"{err}. Lower {self.stage}.lr; no checkpoint or metrics "
                                 f"were written") from None
-            if learner.hypers:  # a schedule: the learning rate changed every step
+            if learner.schedule:  # the learning rate changed every step
                 live.log_plot("lr", learner.hypers, x="step", y="lr",
                               title=f"{self.stage}: learning rate per step "
                                     f"({learner.schedule.replace('_', '-')})")
