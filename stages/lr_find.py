@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stages.lib.infra.errors import run_stage
 from stages.lib.infra.params import load_params
-from stages.lib.learning.lr_find import END_LR, NUM_IT, START_LR, lr_find
+from stages.lib.learning.lr_find import END_LR, MIN_NUM_IT, NUM_IT, START_LR, lr_find
 from stages.lib.learning.models import TRAINED
 from stages.lib.learning.training import TrainingRun
 from stages.lib.results import figures
@@ -34,8 +34,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.stage not in TRAINING_STAGES:
         parser.error(f"unknown stage {args.stage!r}; choose one of {', '.join(TRAINING_STAGES)}")
-    if args.num_it < 10:
-        parser.error("--num-it must be at least 10")
+    if args.num_it < MIN_NUM_IT:
+        parser.error(f"--num-it must be at least {MIN_NUM_IT}: fewer leave too few points to "
+                     f"suggest a learning rate from (fastai sweeps {NUM_IT})")
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        parser.error(f"--out {args.out}: the plot is written as PNG; give a path ending in .png")
     return args
 
 

@@ -52,7 +52,13 @@ def read_images(paths: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]
 def save_prepared(prepared: dict[str, np.ndarray], folder: Path) -> None:
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--prepared {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--prepared {folder}: cannot make the folder "
+                        f"({err.strerror or err})") from None
     for i, (path, pixels) in enumerate(prepared.items()):
         with atomic_open(folder / f"{i:03d}-{Path(path).stem}.png", "wb") as handle:
             Image.fromarray(pixels, mode="L").save(handle, format="PNG")
@@ -69,7 +75,10 @@ def main(argv: list[str]) -> int:
         rows = [{"file": path, "predictions": {name: answers[name][i] for name in answers}}
                 for i, path in enumerate(prepared)]
     if args.prepared and prepared:
-        save_prepared(prepared, args.prepared)
+        try:  # the answers are printed even when the images cannot be saved
+            save_prepared(prepared, args.prepared)
+        except UserError as err:
+            errors[str(args.prepared)] = str(err)
 
     for path, message in errors.items():
         print(f"predict: {message}", file=sys.stderr)
@@ -78,11 +87,11 @@ def main(argv: list[str]) -> int:
               f"(`dvc repro train_{name}` trains it)", file=sys.stderr)
     if args.json:
         print(json.dumps({
-            "models": {c.name: {"checkpoint": str(c.path), "kind": c.kind, "digits": c.digits}
-                       for c in classifiers},
+            "models": {c.name: {"checkpoint": str(c.path), "fingerprint": c.fingerprint,
+                                "kind": c.kind, "digits": c.digits} for c in classifiers},
             "images": rows,
             "errors": [{"file": path, "error": message} for path, message in errors.items()],
-        }, indent=2))
+        }, indent=2, allow_nan=False))
     else:
         print("\n".join(answer_range(classifiers)))
         if rows:

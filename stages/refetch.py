@@ -26,8 +26,8 @@ def last_download_fell_back(manifest: Path = MANIFEST) -> bool:
     if not manifest.is_file():
         return False
     try:
-        recorded = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
+        recorded = json.loads(manifest.read_bytes().decode("utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
         return False  # not ours to judge: the download stage rewrites it
     return fell_back(recorded.get("source"), recorded.get("requested"))
 

@@ -70,7 +70,7 @@ def test_cnn_params_are_validated(book_project, tmp_path):
 @pytest.mark.parametrize("stage", ["train_mlp", "train_cnn"])
 def test_lr_find_prints_a_suggestion_and_writes_a_plot(book_project, tmp_path, stage):
     project = copy_project(book_project[0], tmp_path / "copy", commit=False)
-    result = run_module(project, "stages.lr_find", stage, "--num-it", "10", check=True)
+    result = run_module(project, "stages.lr_find", stage, "--num-it", "30", check=True)
     assert f"lr_find {stage}:" in result.stdout and "valley suggests lr" in result.stdout
     assert f"dvc exp run -S {stage}.lr=" in result.stdout
     with Image.open(project / "lr_find" / f"{stage}.png") as png:

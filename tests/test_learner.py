@@ -268,3 +268,48 @@ def test_a_failed_fit_leaves_no_dvclive_log(chdir):
         with live_log("linear", learner):
             learner.fit(3)
     assert not (chdir / "dvclive" / "linear").exists()
+
+
+def test_a_failed_or_stopped_fit_puts_the_last_good_log_back(chdir):
+    def log_files():
+        return {p.relative_to(chdir): p.read_bytes() for p in (chdir / "dvclive").rglob("*")
+                if p.is_file()}
+
+    good_learner = make_learner()
+    with live_log("linear", good_learner):
+        good_learner.fit(2)
+    good = log_files()
+    assert len(good) == 4  # metrics.json and a .tsv per logged column
+
+    for error in (TrainingDiverged, KeyboardInterrupt):
+        learner = make_learner(lr=1e38, loss=bce_loss) if error is TrainingDiverged \
+            else make_learner()
+        with pytest.raises(error):
+            with live_log("linear", learner):
+                learner.fit(3 if error is TrainingDiverged else 1)
+                raise KeyboardInterrupt  # Ctrl-C, or SIGTERM's Terminated, mid-run
+        assert log_files() == good
+        assert [p.name for p in (chdir / "dvclive").iterdir()] == ["linear"]  # no temp left
+
+
+def test_a_full_disk_mid_fit_is_one_message_and_the_last_good_log_stays(chdir, monkeypatch):
+    from dvclive import Live
+
+    good_learner = make_learner()
+    with live_log("linear", good_learner):
+        good_learner.fit(2)
+    good = {p: p.read_bytes() for p in (chdir / "dvclive").rglob("*") if p.is_file()}
+    real_next_step = Live.next_step
+
+    def full_at_the_third_epoch(live):
+        if live.step == 2:
+            raise OSError(28, "No space left on device")
+        real_next_step(live)
+
+    monkeypatch.setattr(Live, "next_step", full_at_the_third_epoch)
+    learner = make_learner()
+    with pytest.raises(UserError, match="^could not write DVCLive's log in dvclive/linear: No "
+                                        "space left on device; the outputs are left as they"):
+        with live_log("linear", learner):
+            learner.fit(4)
+    assert {p: p.read_bytes() for p in (chdir / "dvclive").rglob("*") if p.is_file()} == good

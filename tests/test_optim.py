@@ -132,8 +132,8 @@ def test_lr_find_restores_model_optimizer_and_shuffling(make):
     model_before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     opt_before = learner.opt.state_dict()
     rng_before = learner.generator.get_state() if learner.generator is not None else None
-    found = lr_find(learner, num_it=12)
-    assert len(found.lrs) == len(found.losses) <= 12
+    found = lr_find(learner, num_it=30)
+    assert len(found.lrs) == len(found.losses) <= 30
     assert all(torch.equal(v, model_before[k]) for k, v in learner.model.state_dict().items())
     assert same_state(learner.opt.state_dict(), opt_before)
     if rng_before is not None:
@@ -174,14 +174,14 @@ def test_lr_find_stops_once_the_loss_passes_four_times_the_best():
 def test_lr_find_smooths_with_a_bias_corrected_average():
     learner = make_learner(batch_size=48)  # one batch an epoch: each step sees the same data
     first_loss = learner.loss_fn(learner.model(learner.train_x), learner.train_y).item()
-    found = lr_find(learner, num_it=20)
+    found = lr_find(learner, num_it=30)
     # Bias correction makes the first smoothed value the first loss itself, not 2% of it.
     assert found.losses[0] == pytest.approx(first_loss, rel=1e-6)
 
 
 def test_lr_find_that_diverges_at_once_is_a_clear_error():
     learner = noisy_learner()
-    with pytest.raises(UserError, match="too early to suggest"):
+    with pytest.raises(UserError, match="too few to suggest"):
         lr_find(learner, start_lr=1e6, end_lr=1e9, num_it=100)
 
 

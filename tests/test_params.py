@@ -67,6 +67,9 @@ def test_missing_key_is_rejected():
     ("train_linear.init", "zeros", "'book' or 'torch'"),
     ("base.device", "tpu", "'cpu', 'cuda' or 'auto'"),
     ("data.source", "", "must be one of auto, mnist, mnist-5k or a local folder"),
+    ("base.threads", 0, "must be auto or a whole number of threads, 1 or more (got 0)"),
+    ("base.threads", "four", "must be auto or a whole number of threads, 1 or more"),
+    ("train_cnn.batch_size", 1, "must be 2 or more: resnet18's BatchNorm layers need two"),
 ])
 def test_out_of_range_values_name_the_key_and_the_rule(dotted, value, expected):
     message = error_for(with_change(dotted, value))
@@ -146,3 +149,30 @@ def test_missing_and_broken_params_files(tmp_path):
     broken.write_text("data: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params(broken)
+
+
+def test_a_union_is_described_in_plain_words_not_pydantics():
+    message = error_for(with_change("base.threads", 0))
+    assert message.count("base.threads") == 1
+    assert "literal" not in message and "constrained" not in message
+
+
+def test_a_huge_bad_value_is_shown_cut_short(tmp_path):
+    # A YAML alias bomb: a few lines that expand to hundreds of thousands of characters.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 7)]
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert "a6: unknown key" in message and "characters)" in message
+    assert len(message) < 200 * len(lines)  # not the 174,760 characters a6 expands to
+
+
+def test_a_params_file_that_is_not_utf8_names_the_byte_and_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_bytes().replace(b"seed: 42", b"seed: 4\xb2"))
+    with pytest.raises(UserError, match=r"params.yaml is not UTF-8 text: byte 0xb2 on line "
+                                        r"\d+ \(save it as UTF-8\)"):
+        load_params(path)

@@ -276,3 +276,180 @@ def test_models_are_dvc_artifacts_that_dvc_fetches(book_project, mnist_test, tmp
     result = run(user, sys.executable, "-m", "stages.predict", str(image), "--model", "cnn.pt",
                  PYTHONPATH=str(ROOT))
     assert result.stdout.splitlines()[-1].split()[:2] == [str(image), "7"]
+
+
+# --- hostile images and checkpoints (no pipeline run: tiny checkpoints made here) ----------
+
+def pixels_of(kind: str, digit: np.ndarray) -> Image.Image:
+    """One MNIST digit, 4× as large, dark on white, saved as a drawing tool might save it."""
+    big = np.asarray(Image.fromarray(digit).resize((112, 112), Image.Resampling.BICUBIC))
+    paper = 255 - big
+    if kind == "grey":
+        return Image.fromarray(paper)
+    if kind == "white made transparent":  # alpha 0 where the paper was, colour kept
+        alpha = np.where(paper == 255, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([paper] * 3 + [alpha]), "RGBA")
+    if kind in ("palette key", "grey key", "rgb key"):
+        return Image.fromarray(paper).convert({"palette key": "P", "grey key": "L",
+                                               "rgb key": "RGB"}[kind])
+    if kind == "16-bit grey":
+        return Image.fromarray(paper.astype(np.uint16) * 257)
+    raise ValueError(kind)
+
+
+def save_as(image: Image.Image, kind: str, path: Path) -> Path:
+    if kind.endswith("key"):  # the paper's white is the transparent colour
+        white = image.getpixel((0, 0))
+        image.save(path, transparency=white)
+    else:
+        image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind,suffix", [
+    ("white made transparent", ".png"), ("palette key", ".png"), ("palette key", ".gif"),
+    ("grey key", ".png"), ("rgb key", ".png"), ("16-bit grey", ".png")])
+def test_transparency_and_16_bits_read_as_the_plain_grey_digit(mnist_test, tmp_path, kind,
+                                                               suffix):
+    digit = mnist_test[0][0]
+    plain = read_digit(save_as(pixels_of("grey", digit), "grey", tmp_path / "plain.png"))
+    other = read_digit(save_as(pixels_of(kind, digit), kind, tmp_path / f"other{suffix}"))
+    assert np.array_equal(other, plain)
+
+
+def test_a_16_bit_mnist_sized_digit_keeps_every_grey_level(mnist_test, tmp_path):
+    digit = mnist_test[0][0]
+    Image.fromarray(digit.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode.startswith("I")
+    assert np.array_equal(read_digit(tmp_path / "deep.png"), digit)  # not 2 levels
+
+
+def test_a_fifo_and_a_decompression_bomb_are_named_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(UserError, match="pipe.png: is a FIFO"):
+        read_digit(tmp_path / "pipe.png")  # would block forever if opened
+    Image.new("1", (12_000, 12_000)).save(tmp_path / "bomb.png")  # 144 Mpx, a 20 kB file
+    with pytest.raises(UserError, match="bomb.png: too many pixels to read safely"):
+        read_digit(tmp_path / "bomb.png")
+
+
+def tiny_checkpoint(path: Path, kind: str = "linear", seed: int = 0, digits=(3, 7)) -> Path:
+    from stages.lib.learning.models import build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    n_outputs = 1 if len(digits) == 2 and kind != "cnn" else len(digits)
+    config = {"kind": kind, "n_outputs": n_outputs, "hidden": [8] if kind == "mlp" else [],
+              **({"input_mean": 0.13, "input_std": 0.31} if kind == "cnn" else {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, build_model(config), config, {"seed": seed},
+                    {"digits": list(digits), "target_digits": list(digits), "tensors": "t"})
+    return path
+
+
+def predict_json(project: Path, *args: str):
+    result = run_module(project, "stages.predict", *args, "--json")
+    return result, (json.loads(result.stdout) if result.stdout else None)
+
+
+def test_checkpoints_sharing_a_file_name_are_told_apart(mnist_test, tmp_path):
+    a = tiny_checkpoint(tmp_path / "a/model.pt", "linear", seed=1)
+    b = tiny_checkpoint(tmp_path / "b/model.pt", "mlp", seed=2)
+    copy = tmp_path / "b/copy.pt"
+    copy.write_bytes(a.read_bytes())
+    Image.fromarray(mnist_test[0][0]).save(tmp_path / "seven.png")
+    result, shown = predict_json(tmp_path, "seven.png", "--model", str(a), "--model", str(b),
+                                 "--model", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert sorted(shown["models"]) == sorted([str(a), str(b)])  # the copy is a's model
+    assert shown["models"][str(a)]["kind"] == "linear" and shown["models"][str(b)]["kind"] == "mlp"
+    assert shown["models"][str(a)]["fingerprint"] != shown["models"][str(b)]["fingerprint"]
+    answers = shown["images"][0]["predictions"]
+    own = {}
+    for ref in (a, b):
+        model, _ = load_checkpoint(ref)
+        x = torch.from_numpy(read_digit(tmp_path / "seven.png")).float().view(1, -1) / 255
+        own[str(ref)] = torch.sigmoid(model(x))[0, 0].item()
+    for ref, p7 in own.items():  # each column is its own model's answer
+        assert answers[ref]["probabilities"]["7"] == pytest.approx(p7, abs=1e-6)
+    assert f"{copy} is the same checkpoint as {a}" in result.stderr
+
+
+def edited(source: Path, target: Path, change) -> Path:
+    data = torch.load(source, weights_only=True)
+    change(data)
+    torch.save(data, target)
+    return target
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["config"].update(input_std=0), "config.input_std is 0 (expected a number "
+                                                "above 0"),
+    (lambda c: c["config"].update(input_mean=float("nan")), "config.input_mean is nan"),
+    (lambda c: c["config"].update(hidden=[10**11]), "config.hidden is [100000000000] (expected "
+                                                    "[]: a cnn has no hidden widths)"),
+    (lambda c: c["config"].pop("n_outputs"), "config.n_outputs is None"),
+    (lambda c: c["config"].update(kind="rnn"), "config.kind is 'rnn'"),
+    (lambda c: c.update(target_digits=[3]), "target_digits is [3]"),
+    (lambda c: c.update(digits=[3, 3]), "digits is [3, 3]"),
+    (lambda c: c["state_dict"]["1.fc.bias"].fill_(float("inf")), "the weights hold NaN or Inf values "
+                                                                  "(1.fc.bias)"),
+])
+def test_an_edited_checkpoint_is_refused_before_a_model_is_built(tmp_path, change, message):
+    good = tiny_checkpoint(tmp_path / "good.pt", "cnn")
+    bad = edited(good, tmp_path / "bad.pt", change)
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "line.png")
+    result, shown = predict_json(tmp_path, "line.png", "--model", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{bad} is not a checkpoint this pipeline wrote:\n  - {message}" in result.stderr
+    assert "nan" not in result.stdout.lower()
+
+
+def test_a_checkpoint_whose_outputs_overflow_gives_no_nan(tmp_path):
+    huge = edited(tiny_checkpoint(tmp_path / "good.pt"), tmp_path / "huge.pt",
+                  lambda c: c["state_dict"]["0.weight"].fill_(3e38))
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "line.png")
+    result, _ = predict_json(tmp_path, "line.png", "--model", str(huge))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "gives NaN or infinite outputs" in result.stderr and "NaN," not in result.stdout
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"hello, I am text\n", "not a PyTorch file: it starts with b'hello, I am text'"),
+    (b"", "not a PyTorch file: it is empty")])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, content, message):
+    (tmp_path / "notes.pt").write_bytes(content)
+    result, _ = predict_json(tmp_path, "x.png", "--model", "notes.pt")
+    assert result.returncode == 2 and message in result.stderr and "(101)" not in result.stderr
+
+
+def test_a_pickle_with_code_is_refused_without_advice_to_run_it(tmp_path):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("touch ran",)
+
+    torch.save({"config": Payload()}, tmp_path / "evil.pt")
+    result, _ = predict_json(tmp_path, "x.png", "--model", "evil.pt")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds Python objects beyond tensors and plain values (posix.system)" in result.stderr
+    assert "weights_only" not in result.stderr and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("prepared,message", [
+    ("afile", "--prepared afile: is a file, not a folder"),
+    ("afile/below", "--prepared afile/below: cannot make the folder (Not a directory)")])
+def test_a_bad_prepared_folder_still_prints_the_answers(tmp_path, prepared, message):
+    model = tiny_checkpoint(tmp_path / "m.pt")
+    (tmp_path / "afile").write_text("")
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "line.png")
+    Image.new("1", (12_000, 12_000)).save(tmp_path / "bomb.png")
+    result, shown = predict_json(tmp_path, "bomb.png", "line.png", "--model", str(model),
+                                 "--prepared", prepared)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [row["file"] for row in shown["images"]] == ["line.png"]  # classified all the same
+    errors = {e["file"]: e["error"] for e in shown["errors"]}
+    assert errors[prepared] == message and "too many pixels" in errors["bomb.png"]

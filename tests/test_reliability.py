@@ -292,3 +292,27 @@ def test_two_queued_experiments_run_in_parallel_correctly(book_copy, monkeypatch
     assert parallel[0.05]["accuracy"] != parallel[0.5]["accuracy"]
     diff = json.loads(run(book_copy, "dvc", "metrics", "diff", "--json").stdout)
     assert "metrics/mlp.json" in diff and "metrics/linear.json" not in diff
+
+
+@pytest.mark.pipeline
+def test_a_full_disk_while_dvclive_logs_is_one_message_and_keeps_the_old_log(tmp_path):
+    project = make_project(tmp_path / "project", {"data.source": "mnist-5k"})
+    run_stage(project, "download", check=True)
+    run_module(project, "stages.tensorise", check=True)
+    run_module(project, "stages.train_linear", check=True)
+    outputs = [p for folder in ("models", "metrics", "plots", "dvclive")
+               for p in sorted((project / folder).rglob("*")) if p.is_file()]
+    before = {p: p.read_bytes() for p in outputs}
+    set_params(project, {"train_linear.lr": 0.5})
+    # Past 600 bytes a write fails (EFBIG, as on a full disk): DVC's database that DVCLive
+    # opens, long before the checkpoint is written.
+    result = subprocess.run([sys.executable, "-m", "stages.train_linear"], cwd=project,
+                            env=env_with(), capture_output=True, text=True,
+                            preexec_fn=limit_file_size(600))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error in stage 'train_linear': could not write DVCLive's log in dvclive/linear: " \
+        in result.stderr and "the outputs are left as they were" in result.stderr
+    assert {p: p.read_bytes() for p in outputs} == before
+    for folder in ("models", "metrics", "plots", "dvclive"):
+        assert hidden_entries(project / folder) == []

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -163,16 +164,52 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` if it is a regular file (or a link to one); a missing one is FileNotFoundError,
+    and a folder, FIFO, socket or device a UserError: reading a FIFO would wait forever."""
+    path = Path(path)
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder, not {what}")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise UserError(f"{path}: is {kind}, not {what}")
+    return path
+
+
+def decode_text(data: bytes, path: str | os.PathLike) -> str:
+    """The bytes of a text file the pipeline reads (YAML, JSON, TSV) as UTF-8; a stray byte
+    (a file saved in Latin-1, a binary file under the name) is a UserError naming where."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} on line "
+                        f"{line} (save it as UTF-8)") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file as UTF-8 (decode_text's error for anything else); FileNotFoundError and
+    the other OSErrors pass on for the caller to name."""
+    return decode_text(Path(path).read_bytes(), path)
+
+
+def parse_json(text: str, path: str | os.PathLike, what: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} at {path} is not valid JSON ({err})") from None
+
+
 def read_json(path: str | os.PathLike, what: str):
     """Read a JSON file another stage wrote; a missing or broken one is a UserError."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        text = read_text(path)
     except FileNotFoundError:
         raise UserError(f"{what} not found at {path}; run the stage that writes it first "
                         "(`dvc repro`)") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{what} at {path} is not valid JSON ({err})") from None
+    return parse_json(text, path, what)
 
 
 def parse_yaml(text: str, what: str):
@@ -199,7 +236,7 @@ def read_yaml(path: str | os.PathLike, what: str):
     """Read a YAML file (params.yaml, dvc.lock); a missing or broken one is a UserError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except FileNotFoundError:
         raise UserError(f"{what} not found at {path}") from None
     return parse_yaml(text, str(path))
@@ -261,3 +298,31 @@ def _swap_in(tmp: Path, path: Path) -> None:
         raise WriteFailed(path, err) from None
     if old is not None:
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def set_aside(path: str | os.PathLike) -> Iterator[Path]:
+    """For a folder that a writer fills where it stands (DVCLive's log, which `dvc plots`
+    and VS Code follow as it grows): the old folder is moved aside while the block runs,
+    put back if the block fails or is stopped, and removed once it succeeds."""
+    path = Path(path)
+    backup = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        if path.exists():
+            backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path),
+                                           suffix=".old"))
+            os.replace(path, backup / path.name)
+    except OSError as err:
+        raise WriteFailed(path, err) from None
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        if backup is not None:
+            os.replace(backup / path.name, path)
+            backup.rmdir()
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

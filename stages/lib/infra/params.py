@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat,
-                      StrictInt, ValidationError, field_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StrictBool,
+                      StrictFloat, StrictInt, ValidationError, field_validator)
 
 from .errors import UserError
 from .files import read_yaml
@@ -37,10 +37,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _auto_or_count(value: object) -> object:
+    """base.threads: `auto` or a whole number of threads, said in those words (pydantic's
+    own message for the union names its internals: literal['auto'], constrained-int)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                           and value >= 1):
+        return value
+    raise ValueError("must be auto or a whole number of threads, 1 or more")
+
+
 class Base(_Section):
     seed: Annotated[StrictInt, Field(ge=0, lt=2**63)]
     device: Literal["cpu", "cuda", "auto"]
-    threads: Literal["auto"] | PositiveInt
+    threads: Annotated[Literal["auto"] | PositiveInt, PlainValidator(_auto_or_count)]
 
 
 class Data(_Section):
@@ -104,6 +113,14 @@ class TrainCNN(_Training):
     cross-entropy over the digits."""
     wd: Annotated[Float, Field(ge=0)]
 
+    @field_validator("batch_size")
+    @classmethod
+    def _two_or_more(cls, value: int) -> int:
+        if value < 2:  # BatchNorm's statistics over one image are undefined
+            raise ValueError("must be 2 or more: resnet18's BatchNorm layers need two or more "
+                             "images per batch")
+        return value
+
 
 class Report(_Section):
     worst_mistakes: Annotated[StrictInt, Field(ge=1, le=64)]
@@ -118,6 +135,14 @@ class Params(_Section):
     report: Report
 
 
+SHOWN_CHARS = 60  # of a bad value: enough to recognise it, not a whole pasted file
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
 def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"]
@@ -125,7 +150,7 @@ def _describe(error: dict) -> str:
         message = "unknown key (check the spelling against params.yaml)"
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    return f"  {key}: {message} (got {error['input']!r})" if error["type"] != "missing" \
+    return f"  {key}: {message} (got {_shown(error['input'])})" if error["type"] != "missing" \
         else f"  {key}: {message}"
 
 

@@ -4,12 +4,15 @@ clear error for a missing or foreign file."""
 from __future__ import annotations
 
 import io
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
-from .files import atomic_open, fingerprint
+from .files import atomic_open, fingerprint, regular_file
 
 
 def save_pt(path: str | Path, data: dict) -> str:
@@ -34,14 +37,39 @@ def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "") -> dic
     """
     path = Path(path)
     try:
+        regular_file(path, f"a {what}")
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            raise UserError(f"{path} is not a {what} this pipeline wrote (not a PyTorch file: "
+                            f"{_opening(path)})")
         data = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         command = f"dvc repro {stage}".strip()
         raise UserError(f"{what} {path} not found; run `{command}` first") from None
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path} is not a {what} this pipeline wrote: it holds Python objects "
+                        f"beyond tensors and plain values{_refused_global(err)}, and was "
+                        f"refused unread, since loading those could run code") from None
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise UserError(f"{path} is not a {what} this pipeline wrote ({err})") from None
+        raise UserError(f"{path} is not a {what} this pipeline wrote ({type(err).__name__}: "
+                        f"{err})") from None
     if not isinstance(data, dict) or set(data) != keys:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise UserError(f"{path} is not a {what} this pipeline wrote (expected keys "
                         f"{sorted(keys)}, found {found})")
     return data
+
+
+def _opening(path: Path) -> str:
+    """What a file that is not a zip archive starts with, for the message."""
+    with open(path, "rb") as handle:
+        start = handle.read(16)
+    return f"it starts with {start!r}" if start else "it is empty"
+
+
+def _refused_global(err: Exception) -> str:
+    """The object torch's weights_only loader refused (`posix.system`), quoted without the
+    rest of its message, whose advice (weights_only=False) would run the file's code."""
+    found = re.search(r"unsupported GLOBAL (\S+)", str(err))
+    return f" ({found.group(1)})" if found else ""

@@ -27,6 +27,11 @@ class LRFind:
     suggestion_loss: float
 
 
+MIN_POINTS = 20  # of the smoothed curve, for `valley` to find a slope in rather than noise
+# The fewest batches that leave MIN_POINTS: a tenth and 5 more are dropped.
+MIN_NUM_IT = 30
+
+
 def valley(lrs: list[float], losses: list[float]) -> int:
     """fastai's `valley`: the index a third-and-a-half of the way along the longest run of
     points over which the loss keeps falling (a longest decreasing subsequence)."""
@@ -84,8 +89,12 @@ def lr_find(learner: Learner, start_lr: float = START_LR, end_lr: float = END_LR
     kept = [(lr, loss) for lr, loss in zip(lrs, losses)][num_it // 10:-5]
     finite = next((i for i, (_, loss) in enumerate(kept) if not math.isfinite(loss)), len(kept))
     kept = kept[:finite]
-    if len(kept) < 2:
-        raise UserError(f"the loss diverged after {len(lrs)} of {num_it} batches, too early to "
-                        f"suggest a learning rate; try a smaller end_lr")
+    if len(kept) < MIN_POINTS:
+        why = (f"the loss diverged after {len(lrs)} of {num_it} batches"
+               if len(lrs) < num_it else f"a sweep of {num_it} batches")
+        raise UserError(f"{why} leaves {len(kept)} points once the first tenth and the last "
+                        f"5 are dropped, too few to suggest a learning rate from (it takes "
+                        f"{MIN_POINTS}); sweep more batches (--num-it {NUM_IT}) or a smaller "
+                        f"end_lr")
     index = valley([lr for lr, _ in kept], [loss for _, loss in kept])
     return LRFind(lrs, losses, kept[index][0], kept[index][1])

@@ -7,6 +7,7 @@ treat them alike.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -127,12 +128,89 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: 
 
 
 def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]:
-    """Rebuild a model saved by save_checkpoint (by `stage`); anything else is a clear error."""
+    """Rebuild a model saved by save_checkpoint (by `stage`); anything else is a clear error.
+
+    Everything the model is built from is checked first (checkpoint_problems), so an edited
+    or foreign file is refused by name before a layer is allocated, and cannot give NaN.
+    """
     checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage)
+    problems = checkpoint_problems(checkpoint)
+    if problems:
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise UserError(f"{path} is not a checkpoint this pipeline wrote:\n{listing}")
     model = build_model(checkpoint["config"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the model its config describes "
-                        f"({err})") from None
+    model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
+
+
+def _whole(value: object, low: int, high: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def checkpoint_problems(checkpoint: dict) -> list[str]:
+    """What does not add up in a loaded checkpoint: its digits, its config (kind, shapes,
+    finite input stats) and its weights (each tensor's shape against the model the config
+    describes, every value finite). Empty for a checkpoint save_checkpoint wrote."""
+    digits, targets = checkpoint["digits"], checkpoint["target_digits"]
+    if not (isinstance(digits, list) and 2 <= len(digits) <= 10
+            and all(_whole(d, 0, 9) for d in digits) and len(set(digits)) == len(digits)):
+        return [f"digits is {digits!r} (expected two to ten distinct digits 0-9)"]
+    if not (isinstance(targets, list) and sorted(targets, key=str) == sorted(digits, key=str)):
+        return [f"target_digits is {targets!r} (expected the digits {digits} in some order)"]
+    config = checkpoint["config"]
+    if not isinstance(config, dict):
+        return [f"config is {type(config).__name__} (expected a mapping)"]
+    problems = []
+    if config.get("kind") not in TRAINED:
+        problems.append(f"config.kind is {config.get('kind')!r} (expected linear, mlp or cnn)")
+    n_outputs = config.get("n_outputs")
+    if n_outputs != len(digits) and not (n_outputs == 1 and len(digits) == 2):
+        problems.append(f"config.n_outputs is {n_outputs!r} (expected {len(digits)} for "
+                        f"{len(digits)} digits{', or 1' if len(digits) == 2 else ''})")
+    hidden = config.get("hidden")
+    if not (isinstance(hidden, list) and all(_whole(h, 1) for h in hidden)):
+        problems.append(f"config.hidden is {hidden!r} (expected a list of layer widths)")
+    elif hidden and config.get("kind") in ("linear", "cnn"):
+        problems.append(f"config.hidden is {hidden!r} (expected []: a {config['kind']} has no "
+                        f"hidden widths)")
+    for key in ("input_mean", "input_std"):
+        if key in config and not _finite(config[key]):
+            problems.append(f"config.{key} is {config[key]!r} (expected a finite number)")
+    if _finite(config.get("input_std", 1.0)) and config.get("input_std", 1.0) <= 0:
+        problems.append(f"config.input_std is {config['input_std']!r} (expected a number above "
+                        f"0: the CNN divides its input by it)")
+    state = checkpoint["state_dict"]
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        problems.append("state_dict is not a mapping of tensors")
+    if problems:
+        return problems
+    return _weight_problems(config, state)
+
+
+def _weight_problems(config: dict, state: dict[str, torch.Tensor]) -> list[str]:
+    """Each weight against the model `config` describes (built on the meta device: shapes
+    only, nothing allocated, however wide the config says it is), and its values finite."""
+    if len(config["hidden"]) > len(state):  # a Linear per width: more widths than tensors
+        return [f"config.hidden lists {len(config['hidden'])} layers, but the weights hold "
+                f"{len(state)} tensors"]
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = [k for k in expected if found.get(k) != expected[k]]
+        wrong = wrong or sorted(set(found) - set(expected))
+        key = wrong[0]
+        return [f"the weights do not fit the {config['kind']} model its config describes "
+                f"({len(wrong)} tensor(s) differ; {key}: expected "
+                f"{list(expected.get(key, ())) or 'no such tensor'}, found "
+                f"{list(found[key]) if key in found else 'none'})"]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        return [f"the weights hold NaN or Inf values ({', '.join(bad[:3])})"]
+    return []

@@ -6,7 +6,6 @@ write fails) all of them as they were."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
 import sys
 import time
@@ -19,7 +18,7 @@ import torch
 
 from ..data.tensors import Split, as_inputs, load_tensors
 from ..infra.errors import UserError
-from ..infra.files import together, write_json, write_text
+from ..infra.files import set_aside, together, write_json, write_text
 from ..infra.params import Params
 from ..infra.provenance import metrics_origin
 from ..infra.threads import use_threads
@@ -94,7 +93,7 @@ class TrainingRun:
     @contextlib.contextmanager
     def recorded(self, learner: Learner) -> Iterator[None]:
         """DVCLive logs each epoch of the block's fit; what the block saves replaces the old
-        outputs at its end, or (it fails) nothing does, and no log of it is left."""
+        outputs at its end, DVCLive's log included, or (it fails) nothing does."""
         start = time.perf_counter()
         with live_log(self.name, learner) as live, together():
             try:
@@ -104,9 +103,10 @@ class TrainingRun:
                                 f"{err}. Lower {self.stage}.lr; no checkpoint or metrics "
                                 f"were written") from None
             if learner.schedule:  # the learning rate changed every step
-                live.log_plot("lr", learner.hypers, x="step", y="lr",
-                              title=f"{self.stage}: learning rate per step "
-                                    f"({learner.schedule.replace('_', '-')})")
+                with _log_writes(LIVE_DIR / self.name):
+                    live.log_plot("lr", learner.hypers, x="step", y="lr",
+                                  title=f"{self.stage}: learning rate per step "
+                                        f"({learner.schedule.replace('_', '-')})")
         if self.metrics is None:
             raise RuntimeError(f"{self.stage}: the recipe fitted but did not save")
         seconds = time.perf_counter() - start
@@ -157,27 +157,39 @@ def final_metrics(learner: Learner, epochs: int, meta: dict, threads: int) -> di
 def live_log(name: str, learner: Learner) -> Iterator[Live]:
     """Log each epoch of the learner's fit through DVCLive into dvclive/<name>/ as it
     trains, so `dvc plots show`, DVC's VS Code extension and Studio can follow the run.
-    A fit that fails leaves no log behind: it would stand beside the last good outputs."""
+
+    DVCLive empties its folder when it starts, so the last good run's log is set aside
+    while it trains and put back if the fit fails or is stopped, beside the last good
+    outputs. A write DVCLive cannot make (a full disk) is one message naming the folder.
+    """
     from dvclive import Live  # here: lr_find, importing this module, need not
 
-    # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
-    # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
-    try:
-        live = Live(dir=str(LIVE_DIR / name), dvcyaml=None, save_dvc_exp=False)
-    except (OSError, sqlite3.Error) as err:  # DVC's own databases, on a full disk
-        raise UserError(f"could not start DVCLive's log in {LIVE_DIR / name}: {err}") from None
+    folder = LIVE_DIR / name
+    with set_aside(folder), _log_writes(folder):
+        # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
+        # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
+        live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False)
 
-    def log_epoch(row: dict) -> None:
-        for key in HISTORY_COLUMNS[1:]:
-            live.log_metric(key, row[key])
-        live.next_step()
+        def log_epoch(row: dict) -> None:
+            with _log_writes(folder):
+                for key in HISTORY_COLUMNS[1:]:
+                    live.log_metric(key, row[key])
+                live.next_step()
 
-    learner.on_epoch = log_epoch
+        learner.on_epoch = log_epoch
+        try:
+            yield live
+            live.end()
+        finally:
+            learner.on_epoch = None
+
+
+@contextlib.contextmanager
+def _log_writes(folder: Path) -> Iterator[None]:
+    """DVCLive's writes (and DVC's databases it touches), failing as one UserError."""
     try:
-        yield live
-        live.end()
-    except BaseException:
-        shutil.rmtree(live.dir, ignore_errors=True)
-        raise
-    finally:
-        learner.on_epoch = None
+        yield
+    except (OSError, sqlite3.Error) as err:
+        cause = getattr(err, "strerror", None) or str(err)
+        raise UserError(f"could not write DVCLive's log in {folder}: {cause}; the outputs "
+                        f"are left as they were") from None

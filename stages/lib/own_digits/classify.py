@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -11,14 +14,16 @@ from torch import nn
 
 from ..data.tensors import to_float
 from ..infra.errors import UserError
+from ..infra.provenance import file_fingerprint
 from ..learning.models import TRAINED, load_checkpoint
 from ..learning.predictions import batched_logits, predict, probabilities
 
 
 @dataclass
 class Classifier:
-    name: str
+    name: str                  # as shown: the model's name, or its path where names clash
     path: Path
+    fingerprint: str           # what the model is: the checkpoint file's content digest
     model: nn.Module
     kind: str
     digits: list[int]          # the digits it was trained on, as data.digits listed them
@@ -41,8 +46,26 @@ def load_classifier(ref: str) -> Classifier:
     name, path = checkpoint_path(ref)
     stage = f"train_{name}" if ref in TRAINED else ""
     model, checkpoint = load_checkpoint(path, stage)
-    return Classifier(name, path, model, checkpoint["config"]["kind"], checkpoint["digits"],
-                      checkpoint["target_digits"])
+    return Classifier(name, path, file_fingerprint(path), model, checkpoint["config"]["kind"],
+                      checkpoint["digits"], checkpoint["target_digits"])
+
+
+def distinct(classifiers: list[Classifier], log: TextIO | None = None) -> list[Classifier]:
+    """Each model once, told apart by what it is rather than by its file name: the same
+    checkpoint given twice is one model, and checkpoints that share a file name
+    (a/model.pt, b/model.pt) are each shown by their path."""
+    kept: dict[str, Classifier] = {}
+    for classifier in classifiers:
+        first = kept.setdefault(classifier.fingerprint, classifier)
+        if first is not classifier:
+            print(f"predict: {classifier.path} is the same checkpoint as {first.path} "
+                  f"(fingerprint {first.fingerprint}); shown once", file=log or sys.stderr)
+    unique = list(kept.values())
+    clashing = Counter(c.name for c in unique)
+    for classifier in unique:
+        if clashing[classifier.name] > 1:
+            classifier.name = str(classifier.path)
+    return unique
 
 
 def load_classifiers(refs: list[str] | None) -> tuple[list[Classifier], list[str]]:
@@ -50,12 +73,13 @@ def load_classifiers(refs: list[str] | None) -> tuple[list[Classifier], list[str
     names of default ones not trained yet (a default run skips them; an asked-for one that
     is missing is an error)."""
     if refs:
-        return [load_classifier(ref) for ref in dict.fromkeys(refs)], []
+        return distinct([load_classifier(ref) for ref in dict.fromkeys(refs)]), []
     present = [name for name in TRAINED if checkpoint_path(name)[1].exists()]
     if not present:
         raise UserError("no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run "
                         "`dvc repro` first")
-    return [load_classifier(name) for name in present], [n for n in TRAINED if n not in present]
+    return distinct([load_classifier(name) for name in present]), \
+        [n for n in TRAINED if n not in present]
 
 
 @torch.no_grad()
@@ -64,6 +88,9 @@ def classify(classifier: Classifier, digits: np.ndarray) -> list[dict]:
     digit's probability, as the model's own output classes."""
     x = to_float(torch.from_numpy(digits)).view(len(digits), -1)
     logits = batched_logits(classifier.model, x)
+    if not torch.isfinite(logits).all():  # a checkpoint's weights pushed past float range
+        raise UserError(f"{classifier.path} gives NaN or infinite outputs for these images; "
+                        f"it cannot be trusted (retrain it: `dvc repro`)")
     probs, preds = probabilities(logits), predict(logits)
     names = classifier.target_digits
     return [{"digit": names[int(pred)], "probability": float(row[pred]),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..infra.errors import UserError
+from ..infra.files import regular_file
 
 SIZE = 28   # the MNIST field
 BOX = 20    # the box MNIST fits each digit into
@@ -22,6 +23,9 @@ CENTRE = 14
 MIN_INK = 0.1
 STRAY_INK = 0.005  # share of the ink that may lie outside the digit's box (dust, specks)
 MAX_PIXELS = 1024  # larger photos are shrunk first: a 20×20 result needs no more
+# Grey levels between the visible pixels and the colour stored under transparent ones, past
+# which that colour is the paper (the ink stands out from it), not the strokes' own.
+PAPER_CONTRAST = 64
 
 
 def read_digit(path: str | Path) -> np.ndarray:
@@ -32,40 +36,77 @@ def read_digit(path: str | Path) -> np.ndarray:
 
 def read_grey(path: str | Path) -> np.ndarray:
     """Grey levels 0-255 (float) of the image file, upright as the camera meant it."""
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((MAX_PIXELS, MAX_PIXELS))
-            return np.asarray(flatten_alpha(image).convert("L"), dtype=np.float64)
+        regular_file(path, "an image")
+        with warnings.catch_warnings():
+            # Pillow warns past MAX_IMAGE_PIXELS and refuses at twice that: both are refused
+            # here, from the size in the header, before a pixel is decoded.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                grey = as_grey(image)
+                grey.thumbnail((MAX_PIXELS, MAX_PIXELS))
+                return np.asarray(grey, dtype=np.float64)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not an image") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UserError(f"{path}: too many pixels to read safely (over "
+                        f"{Image.MAX_IMAGE_PIXELS:,}, Pillow's decompression-bomb limit); "
+                        f"shrink the image first") from None
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image Pillow can read (PNG or JPEG expected)") from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt image data
         raise UserError(f"{path}: cannot read the image ({err})") from None
 
 
-def flatten_alpha(image):
-    """A transparent image laid on a background that its strokes stand out from.
+# Pillow's modes for more than 8 bits of grey: 16-bit PNGs and TIFFs open as one of these.
+DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    Drawing apps export strokes on a transparent background; on white, white strokes would
-    vanish, so the background is the opposite of the strokes' own shade.
+
+def as_grey(image):
+    """The image as grey levels 0-255: 8-bit modes (colour, palette, transparency) through
+    flatten_alpha as an "L" image, and 16-bit grey scaled down to a float ("F") image with
+    every level it has kept (convert("L") would clip it to 8 bits: a 16-bit scan would be one
+    flat shade)."""
+    from PIL import Image
+
+    if image.mode in DEEP_GREY:
+        levels = np.asarray(image.convert("I"), dtype=np.float64) / 257  # 65535 -> 255
+        return Image.fromarray(levels.astype(np.float32), mode="F")
+    return flatten_alpha(image).convert("L")
+
+
+def flatten_alpha(image):
+    """A transparent image laid on the background it was drawn on.
+
+    Two kinds of transparency reach here. A picture whose paper was made transparent (an
+    alpha of 0 on white, or a palette or key colour, as some tools export) still stores
+    the paper's colour under the transparency: it is laid back on that colour. A drawing app's
+    strokes on a transparent background store one colour everywhere and draw the digit in
+    the alpha alone: it is laid on the opposite of the strokes' shade (on white, white
+    strokes would vanish).
     """
     from PIL import Image
 
     if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
         return image
-    rgba = image.convert("RGBA")
+    rgba = image.convert("RGBA")  # a palette's or key colour's transparency becomes alpha
     alpha = np.asarray(rgba.getchannel("A"))
     if alpha.min() == 255:
         return rgba.convert("RGB")
-    grey = np.asarray(rgba.convert("L"), dtype=np.float64)
-    strokes = grey[alpha > 127]
-    shade = 255 if strokes.size == 0 or strokes.mean() < 128 else 0
+    stored = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float64)  # alpha ignored
+    hidden = float(np.median(stored[alpha == alpha.min()]))  # under the clearest pixels
+    visible = stored[alpha > max(127, int(alpha.min()))]
+    if visible.size and np.percentile(np.abs(visible - hidden), 90) > PAPER_CONTRAST:
+        shade = round(hidden)  # what is seen differs from what is hidden: hidden is paper
+    else:
+        shade = 255 if visible.size == 0 or visible.mean() < 128 else 0
     background = Image.new("RGBA", rgba.size, (shade, shade, shade, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..infra.errors import UserError
+from ..infra.files import read_text
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy")
 
@@ -20,9 +21,18 @@ def history_tsv(history: list[dict]) -> str:
 
 def read_history(path: str | Path) -> list[dict]:
     """A history written by history_tsv, back as one dict per epoch."""
-    lines = Path(path).read_text().splitlines()
+    try:
+        lines = read_text(path).splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; run the training stage that writes it "
+                        f"(`dvc repro`)") from None
+    expected = f"expected columns {', '.join(HISTORY_COLUMNS)}"
     if not lines or tuple(lines[0].split("\t")) != HISTORY_COLUMNS:
-        raise UserError(f"{path} is not a training history (expected columns "
-                        f"{', '.join(HISTORY_COLUMNS)})")
-    return [{col: (int(v) if col == "epoch" else float(v))
-             for col, v in zip(HISTORY_COLUMNS, line.split("\t"))} for line in lines[1:]]
+        raise UserError(f"{path} is not a training history ({expected})")
+    try:
+        return [{col: (int(v) if col == "epoch" else float(v))
+                 for col, v in zip(HISTORY_COLUMNS, line.split("\t"), strict=True)}
+                for line in lines[1:]]
+    except ValueError:
+        raise UserError(f"{path} is not a training history ({expected}, one number in "
+                        f"each)") from None

@@ -5,12 +5,11 @@ params.yaml, which may have changed since). Torch-free, so it answers at once.""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..infra.errors import UserError
-from ..infra.files import read_yaml
+from ..infra.files import decode_text, parse_json, read_yaml
 from .book import book_figure, figure_text, is_book_data
 from .markdown import text_table
 
@@ -46,7 +45,7 @@ def recorded_metrics(stages: dict, stage: str, path: str) -> dict:
         raise UserError(f"{path} is not the file dvc.lock records for stage '{stage}' (it "
                         f"changed after DVC ran the stage); run `dvc repro` to bring them "
                         f"together")
-    return json.loads(data)
+    return parse_json(decode_text(data, path), path, f"the {stage} metrics")
 
 
 def settings(params: dict, stage: str) -> dict:
