@@ -29,11 +29,12 @@ def main() -> None:
     metrics = {kind: classification_metrics(predict_nearest(valid.images, means, kind),
                                             valid.targets, digits)
                for kind in DISTANCES}
+    # No seed: the mean images draw nothing at random. On the CPU, whatever base.device says.
     metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"],
-                   split=meta["split"], threads=threads.count)
+                   split=meta["split"], seed=None, device="cpu", threads=threads.count)
 
     with together():  # the checkpoint and its metrics, both new or both old
-        model = save_means("models/baseline.pt", means, meta)
+        model = save_means("models/baseline.pt", means, meta, metrics)
         write_json("metrics/baseline.json", {**metrics, **metrics_origin(meta, model)})
     for kind in DISTANCES:
         print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "

@@ -52,7 +52,8 @@ def main() -> None:
             {name: worst_mistakes(r, valid, names, params.report.worst_mistakes)
              for name, r in trained.items()}, out / FIGURES["mistakes"])
         figures.one_cycle_schedule(trained["cnn"].settings["hypers"], out / FIGURES["schedule"])
-        write_text(out / "report.md", render_markdown(meta, results, metrics, FIGURES))
+        write_text(out / "report.md", render_markdown(meta, results, metrics, FIGURES,
+                                                      params.base.model_dump()))
     print(f"report: {REPORT_DIR}/report.md and {len(FIGURES)} figures", file=sys.stderr)
 
 

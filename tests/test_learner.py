@@ -200,11 +200,11 @@ def test_checkpoint_round_trip(tmp_path):
     config = {"kind": "mlp", "n_outputs": 1, "hidden": [5]}
     model = build_model(config)
     meta = {"digits": [3, 7], "target_digits": [7, 3], "tensors": "0123abcd", "n_train": 9}
-    save_checkpoint(tmp_path / "m.pt", model, config, {"lr": 0.1}, meta)
+    save_checkpoint(tmp_path / "m.pt", model, config, {"lr": 0.1}, meta, {"accuracy": 0.5})
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt")
     assert checkpoint["config"] == config and checkpoint["digits"] == [3, 7]
     assert checkpoint["target_digits"] == [7, 3] and checkpoint["tensors"] == "0123abcd"
-    assert checkpoint["training"] == {"lr": 0.1}
+    assert checkpoint["training"] == {"lr": 0.1} and checkpoint["metrics"] == {"accuracy": 0.5}
     x = torch.rand(4, 784)
     assert torch.equal(loaded(x), model(x))
 
@@ -221,7 +221,7 @@ def test_missing_or_foreign_checkpoint(tmp_path):
     good = {"kind": "linear", "n_outputs": 1, "hidden": []}
     save_checkpoint(tmp_path / "bad.pt", build_model({"kind": "mlp", "n_outputs": 1,
                                                       "hidden": [3]}), good, {},
-                    {"digits": [3, 7], "target_digits": [7, 3], "tensors": "0123abcd"})
+                    {"digits": [3, 7], "target_digits": [7, 3], "tensors": "0123abcd"}, {})
     with pytest.raises(UserError, match="weights do not fit"):
         load_checkpoint(tmp_path / "bad.pt")
 

@@ -345,7 +345,7 @@ def tiny_checkpoint(path: Path, kind: str = "linear", seed: int = 0, digits=(3, 
               **({"input_mean": 0.13, "input_std": 0.31} if kind == "cnn" else {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, build_model(config), config, {"seed": seed},
-                    {"digits": list(digits), "target_digits": list(digits), "tensors": "t"})
+                    {"digits": list(digits), "target_digits": list(digits), "tensors": "t"}, {})
     return path
 
 

@@ -19,14 +19,19 @@ def outputs(tmp_path: Path, **changes) -> ModelOutputs:
     checkpoint = tmp_path / "mlp.pt"
     if not checkpoint.exists():
         checkpoint.write_bytes(b"weights")
-    metrics = {"epochs": 2, "train_loss": 0.1235, "valid_loss": 0.2345,
+    metrics = {"accuracy": 0.9, "epochs": 2, "train_loss": 0.1235, "valid_loss": 0.2345,
                **metrics_origin(META, file_fingerprint(checkpoint))}
+    scores = {"accuracy": 0.9, "epochs": 2, "train_loss": 0.1235, "valid_loss": 0.2345}
     fields = dict(stage="train_mlp", checkpoint_path=checkpoint,
-                  checkpoint={"tensors": "aaaa"}, metrics_path=Path("metrics/mlp.json"),
-                  metrics=metrics, history_path=Path("plots/mlp.tsv"), history=HISTORY)
+                  checkpoint={"tensors": "aaaa", "metrics": scores},
+                  metrics_path=Path("metrics/mlp.json"), metrics=metrics,
+                  history_path=Path("plots/mlp.tsv"), history=HISTORY)
     for key, value in changes.items():
-        if key.startswith("metrics_"):
-            fields["metrics"] = {**metrics, key.removeprefix("metrics_"): value}
+        if key.startswith("metrics_"):  # as the stage wrote it: the checkpoint records it too
+            key = key.removeprefix("metrics_")
+            fields["metrics"] = {**metrics, key: value}
+            if key in scores:
+                fields["checkpoint"] = {**fields["checkpoint"], "metrics": {**scores, key: value}}
         else:
             fields[key] = value
     return ModelOutputs(**fields)
@@ -50,6 +55,19 @@ def test_each_kind_of_mix_is_named_with_its_stage(tmp_path, change, expected):
     assert len(problems) == 1 and expected in problems[0] and "(stage train_mlp)" in problems[0]
     with pytest.raises(UserError, match="rerun the stale stages first: `dvc repro train_mlp`"):
         check_one_run(META, [outputs(tmp_path, **change)], reader="the report")
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"accuracy": 0.99}, "accuracy is 0.99 there but 0.9 in the checkpoint"),
+    ({"seed": 7}, "seed is 7 there but None in the checkpoint"),
+])
+def test_a_metrics_file_edited_by_hand_is_told_from_the_stages_own(tmp_path, edit, expected):
+    edited = outputs(tmp_path)
+    edited.metrics = {**edited.metrics, **edit}
+    problems = stale_outputs(META, edited)
+    assert problems == [f"metrics/mlp.json does not hold the scores {tmp_path / 'mlp.pt'} "
+                        f"records: {expected} (edited after the stage wrote it?) "
+                        f"(stage train_mlp)"]
 
 
 def test_a_changed_checkpoint_no_longer_matches_its_metrics(tmp_path):

@@ -11,6 +11,7 @@ import re
 import subprocess
 
 
+from stages.lib.infra.files import read_yaml
 from tests.helpers import ROOT, env_with, read_json, run_module, write_yaml
 
 BOOK_PARAMS = {
@@ -27,7 +28,8 @@ BOOK_PARAMS = {
                   "train_cnn.shuffle": True, "train_cnn.wd": 0.01},
 }
 COMMON = {"n_train": 12396, "n_valid": 2038, "source": "mnist", "split": "official",
-          "tensors": "0d1b82d4a813d029"}
+          "seed": 42, "device": "cpu", "threads": 2, "tensors": "0d1b82d4a813d029"}
+PRODUCED = "seed 42, cpu, 2 threads".split()
 TENSORS = {"path": "data/tensors", "hash": "md5", "md5": "6b7b8e2d5d1b.dir"}
 
 
@@ -37,12 +39,13 @@ def scores(accuracy, balanced):
 
 
 def write_run(folder, params=BOOK_PARAMS, common=COMMON, tensorised=TENSORS,
-              cnn=(0.9966, 0.9965)):
+              cnn=(0.9966, 0.9965), mlp_settings=None):
     """metrics/*.json and the dvc.lock that records them, as `dvc repro` leaves them;
     `tensorised`: what dvc.lock says tensorise last wrote."""
-    metrics = {"baseline": {"l1": scores(0.9514, 0.9511), "l2": scores(0.9661, 0.9661), **common},
+    metrics = {"baseline": {"l1": scores(0.9514, 0.9511), "l2": scores(0.9661, 0.9661), **common,
+                            "seed": None},
                "linear": {**scores(0.9725, 0.9724), **common},
-               "mlp": {**scores(0.9828, 0.9828), **common},
+               "mlp": {**scores(0.9828, 0.9828), **common, **(mlp_settings or {})},
                "cnn": {**scores(*cnn), **common}}
     stages = {}
     (folder / "metrics").mkdir()
@@ -68,10 +71,11 @@ def table(output: str) -> dict[str, list[str]]:
 def test_book_settings_get_the_books_figure_and_others_a_dash(tmp_path):
     write_run(tmp_path)
     rows = table(run_module(tmp_path, "stages.summary", check=True).stdout)
-    assert rows == {"baseline (L1)": ["0.9514", "0.9511", "0.9511", "balanced"],
-                    "linear": ["0.9725", "0.9724", "0.9696"],
-                    "mlp": ["0.9828", "0.9828", "0.9828"],
-                    "cnn": "0.9966 0.9965 0.9970 (book: lr 0.1, batch_size 64)".split()}
+    assert rows == {"baseline (L1)": ["0.9514", "0.9511", "0.9511", "balanced", "cpu,", "2",
+                                      "threads"],
+                    "linear": ["0.9725", "0.9724", "0.9696", *PRODUCED],
+                    "mlp": ["0.9828", "0.9828", "0.9828", *PRODUCED],
+                    "cnn": "0.9966 0.9965 0.9970 (book: lr 0.1, batch_size 64)".split() + PRODUCED}
     # The MLP as dvc.lock says it ran with lr 0.5 (whatever params.yaml says now): no figure;
     # the CNN trained for two epochs is not the book's one-epoch step.
     changed = {**BOOK_PARAMS, "train_mlp": {**BOOK_PARAMS["train_mlp"], "train_mlp.lr": 0.5},
@@ -136,3 +140,38 @@ def test_make_run_ends_with_the_summary_and_make_metrics_prints_it():
     assert commands("run")[-1] == "python -m stages.summary"
     assert commands("run").index("dvc repro") < len(commands("run")) - 1
     assert commands("metrics") == ["python -m stages.summary"]
+
+
+def test_models_produced_with_other_settings_are_called_out(tmp_path):
+    # `base.seed: 7`, then `dvc repro -s train_mlp`: one model of seed 7 beside seed-42 ones.
+    write_run(tmp_path, mlp_settings={"seed": 7})
+    write_yaml(tmp_path / "params.yaml", {"base": {"seed": 7, "device": "cpu",
+                                                   "threads": "auto"}})
+    output = run_module(tmp_path, "stages.summary", check=True).stdout
+    assert table(output)["mlp"][-4:] == ["7,", "cpu,", "2", "threads"]
+    assert ("The models were not all produced with the same seed (linear, cnn: 42; mlp: 7). "
+            "Rerun them together: `dvc repro`.") in output
+    # One setting for all, but not the one params.yaml says now.
+    other = tmp_path / "other"
+    other.mkdir()
+    write_run(other)
+    write_yaml(other / "params.yaml", {"base": {"seed": 42, "device": "cpu", "threads": 1}})
+    output = run_module(other, "stages.summary", check=True).stdout
+    assert ("params.yaml now says base.threads: 1, but the models were produced with threads "
+            "2; `dvc repro` reruns them with 1.") in output
+    assert "not all produced" not in output
+
+
+@pytest.mark.parametrize("file,text", [("dvc.lock", b"schema"), ("metrics/mlp.json", b"0.98")])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, file, text):
+    write_run(tmp_path)
+    path = tmp_path / file
+    path.write_bytes(path.read_bytes().replace(text, text[:-1] + b"\xe8", 1))
+    if file != "dvc.lock":  # the lock records the file as written
+        lock = read_yaml(tmp_path / "dvc.lock", "dvc.lock")
+        out = next(o for o in lock["stages"]["train_mlp"]["outs"] if o["path"] == file)
+        out["md5"] = hashlib.md5(path.read_bytes()).hexdigest()
+        write_yaml(tmp_path / "dvc.lock", lock)
+    result = run_module(tmp_path, "stages.summary")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{file} is not UTF-8 text: byte 0xe8 on line" in result.stderr

@@ -71,10 +71,65 @@ def stale_outputs(meta: dict, outputs: ModelOutputs) -> list[str]:
     elif outputs.metrics.get("model") != file_fingerprint(outputs.checkpoint_path):
         problems.append(f"{outputs.metrics_path} was not computed from "
                         f"{outputs.checkpoint_path} (stage {stage})")
+    elif not problems and (edit := scores_edit(outputs.metrics,
+                                               outputs.checkpoint.get("metrics"))) is not None:
+        problems.append(f"{outputs.metrics_path} does not hold the scores "
+                        f"{outputs.checkpoint_path} records: {edit} (stage {stage})")
     if outputs.history is not None and not _history_matches(outputs.history, outputs.metrics):
         problems.append(f"{outputs.history_path} is not the history of the run that wrote "
                         f"{outputs.metrics_path} (stage {stage})")
     return problems
+
+
+def scores_edit(metrics: dict, recorded: dict | None) -> str | None:
+    """How a metrics file differs from the scores its checkpoint records (None: it does
+    not), e.g. an accuracy edited by hand after the stage wrote it."""
+    if recorded is None:
+        return "the checkpoint records no scores (an older version wrote it)"
+    written = {k: v for k, v in metrics.items() if k not in ("tensors", "model")}
+    for key in sorted(set(written) | set(recorded)):
+        if written.get(key) != recorded.get(key):
+            return (f"{key} is {written.get(key)!r} there but {recorded.get(key)!r} in the "
+                    f"checkpoint (edited after the stage wrote it?)")
+    return None
+
+
+# What produced a model's numbers besides its params, as its metrics and checkpoint record it.
+SETTINGS = {"seed": "base.seed", "device": "base.device", "threads": "base.threads"}
+
+
+def settings_text(metrics: dict) -> str:
+    """`seed 42, cpu, 2 threads`: a model's recorded settings in a table cell."""
+    parts = [f"seed {metrics['seed']}" if metrics.get("seed") is not None else None,
+             metrics.get("device"),
+             f"{metrics['threads']} thread{'s' if metrics['threads'] != 1 else ''}"
+             if metrics.get("threads") is not None else None]
+    return ", ".join(p for p in parts if p) or "not recorded"
+
+
+def mixed_settings(metrics: dict[str, dict], base: dict | None) -> list[str]:
+    """A line for each setting the models were not all produced with alike, or that
+    params.yaml (`base`, its base section now) no longer says: those numbers do not come
+    from one run of the params in view, and reruns would not reproduce them together."""
+    lines = []
+    for key, param in SETTINGS.items():
+        groups: dict[object, list[str]] = {}
+        for name, m in metrics.items():
+            # The baseline draws nothing at random, and runs on the CPU whatever the device.
+            if key == "threads" or not name.startswith("baseline"):
+                groups.setdefault(m.get(key), []).append(name)
+        said = (base or {}).get(param.split(".")[1])
+        if len(groups) > 1:
+            listing = "; ".join(f"{', '.join(names)}: "
+                                f"{value if value is not None else 'not recorded'}"
+                                for value, names in groups.items())
+            lines.append(f"The models were not all produced with the same {key} ({listing}). "
+                         f"Rerun them together: `dvc repro`.")
+        elif said not in (None, "auto") and groups and next(iter(groups)) != said:
+            value = next(iter(groups))
+            lines.append(f"params.yaml now says {param}: {said}, but the models were produced "
+                         f"with {key} {value}; `dvc repro` reruns them with {said}.")
+    return lines
 
 
 def check_one_run(meta: dict, outputs: list[ModelOutputs], reader: str) -> None:

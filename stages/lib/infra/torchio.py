@@ -29,11 +29,13 @@ def save_pt(path: str | Path, data: dict) -> str:
     return fingerprint(buffer.getbuffer())
 
 
-def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "") -> dict:
+def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "",
+            optional: frozenset[str] = frozenset()) -> dict:
     """Load a dict of tensors and plain values that `stage` wrote, with weights_only=True.
 
     weights_only refuses pickled code, so a tampered file cannot run anything; a file with
-    other keys (another stage's, or not ours) is refused by name.
+    other keys (another stage's, or not ours) is refused by name. `optional` keys are ones
+    that files written by earlier versions lack.
     """
     path = Path(path)
     try:
@@ -54,7 +56,7 @@ def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "") -> dic
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
         raise UserError(f"{path} is not a {what} this pipeline wrote ({type(err).__name__}: "
                         f"{err})") from None
-    if not isinstance(data, dict) or set(data) != keys:
+    if not isinstance(data, dict) or not keys <= set(data) <= keys | optional:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise UserError(f"{path} is not a {what} this pipeline wrote (expected keys "
                         f"{sorted(keys)}, found {found})")

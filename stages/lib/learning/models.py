@@ -19,6 +19,9 @@ from ..infra.torchio import load_pt, save_pt
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits", "tensors"}
+# The scores the stage wrote to its metrics file beside it, recorded in the checkpoint too, so
+# that a metrics file edited by hand is told from the stage's own (older files lack it).
+SCORES_KEY = "metrics"
 TRAINED = ("linear", "mlp", "cnn")  # the models the pipeline trains, stage train_<name> each
 
 
@@ -118,13 +121,13 @@ class GreyImages(nn.Module):
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: dict,
-                    meta: dict) -> str:
-    """state_dict + what rebuilds the model, the settings it was trained with, and the
-    data it was trained on (provenance.data_record of the tensorise metadata). Returns the
-    file's fingerprint."""
+                    meta: dict, scores: dict) -> str:
+    """state_dict + what rebuilds the model, the settings it was trained with, the data it
+    was trained on (provenance.data_record of the tensorise metadata) and the scores its
+    metrics file holds. Returns the file's fingerprint."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_pt(path, {"config": config, "training": training, "state_dict": state,
-                          **data_record(meta)})
+                          **data_record(meta), SCORES_KEY: scores})
 
 
 def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]:
@@ -133,7 +136,7 @@ def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]
     Everything the model is built from is checked first (checkpoint_problems), so an edited
     or foreign file is refused by name before a layer is allocated, and cannot give NaN.
     """
-    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage)
+    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage, frozenset({SCORES_KEY}))
     problems = checkpoint_problems(checkpoint)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)

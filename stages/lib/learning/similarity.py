@@ -73,10 +73,13 @@ def nearest_margin(dists: torch.Tensor) -> torch.Tensor:
 BASELINE_KEYS = {"means", "digits", "target_digits", "tensors"}
 
 
-def save_means(path: str | Path, means: torch.Tensor, meta: dict) -> str:
-    return save_pt(path, {"means": means, **data_record(meta)})
+def save_means(path: str | Path, means: torch.Tensor, meta: dict, scores: dict) -> str:
+    """The mean images, the data they were computed from, and the scores its metrics file
+    holds (as a trained checkpoint records them)."""
+    return save_pt(path, {"means": means, **data_record(meta), "metrics": scores})
 
 
 def load_means(path: str | Path) -> dict:
     """The baseline's checkpoint: the mean image of each target class, and its digits."""
-    return load_pt(path, BASELINE_KEYS, "baseline checkpoint", "baseline")
+    return load_pt(path, BASELINE_KEYS, "baseline checkpoint", "baseline",
+                   frozenset({"metrics"}))

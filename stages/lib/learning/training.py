@@ -119,20 +119,25 @@ class TrainingRun:
         """models/<name>.pt (the weights, `config` to rebuild the model, how it was trained,
         on which tensors), metrics/<name>.json and plots/<name>.tsv."""
         meta = self.data.meta
-        metrics = final_metrics(learner, self.cfg.epochs, meta, self.threads.count)
+        metrics = {**final_metrics(learner, self.cfg.epochs, meta), **self.settings()}
         fingerprint = save_checkpoint(f"models/{self.name}.pt", learner.model, config,
-                                      self.training_record(learner), meta)
+                                      self.training_record(learner), meta, metrics)
         write_text(f"plots/{self.name}.tsv", history_tsv(learner.history))
         write_json(f"metrics/{self.name}.json", {**metrics, **metrics_origin(meta, fingerprint)})
         self.metrics = metrics
 
+    def settings(self) -> dict:
+        """What produced these numbers besides the params: the seed, the device it ran on
+        (`auto` resolved) and the thread count (results are bit-identical only between runs
+        with the same three)."""
+        return {"seed": self.seed, "device": self.device.type, "threads": self.threads.count}
+
     def training_record(self, learner: Learner) -> dict:
         """What the checkpoint records of how the model was trained: the stage's params, the
-        seed, threads, loss and optimizer; for a scheduled fit, the schedule as followed,
-        one value per step, for the report to draw."""
-        record = {**self.cfg.model_dump(exclude={"hidden"}), "seed": self.seed,
-                  "threads": self.threads.count, "loss": loss_name(learner.loss_fn),
-                  "optimizer": learner.opt.name}
+        seed, device, threads, loss and optimizer; for a scheduled fit, the schedule as
+        followed, one value per step, for the report to draw."""
+        record = {**self.cfg.model_dump(exclude={"hidden"}), **self.settings(),
+                  "loss": loss_name(learner.loss_fn), "optimizer": learner.opt.name}
         if learner.schedule:
             record.update(schedule=learner.schedule,
                           hypers={key: [row[key] for row in learner.hypers]
@@ -140,7 +145,7 @@ class TrainingRun:
         return record
 
 
-def final_metrics(learner: Learner, epochs: int, meta: dict, threads: int) -> dict:
+def final_metrics(learner: Learner, epochs: int, meta: dict) -> dict:
     """metrics/<name>.json: the trained model's scores on the validation set, and what they
     were computed from."""
     last = learner.history[-1]
@@ -150,7 +155,7 @@ def final_metrics(learner: Learner, epochs: int, meta: dict, threads: int) -> di
             "valid_loss": round(last["valid_loss"], DECIMALS),
             "epochs": epochs, "n_train": len(learner.train_y),
             "n_valid": len(learner.valid_y), "source": meta["source"],
-            "split": meta["split"], "threads": threads}
+            "split": meta["split"]}
 
 
 @contextlib.contextmanager

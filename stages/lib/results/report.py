@@ -10,7 +10,7 @@ import torch
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..data.tensors import Split, as_inputs, targets_in_digit_order
 from ..infra.files import read_json
-from ..infra.provenance import ModelOutputs, check_one_run
+from ..infra.provenance import ModelOutputs, check_one_run, mixed_settings
 from ..learning.models import TRAINED, initial_model, load_checkpoint
 from ..learning.predictions import batched_logits, predict, true_class_loss
 from ..learning.similarity import class_distances, load_means, nearest_margin
@@ -119,7 +119,7 @@ def data_table(meta: dict) -> str:
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
     keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd",
-            "input_mean", "input_std")
+            "input_mean", "input_std", "seed", "device", "threads")
     rows = []
     for r in results:
         if r.key in metrics:
@@ -130,7 +130,9 @@ def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
 
 
 def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, dict],
-                    figures: dict[str, str]) -> str:
+                    figures: dict[str, str], base: dict) -> str:
+    """report.md; `base`: params.yaml's base section, to hold each model's recorded seed,
+    device and threads to."""
     book_note = ("The data are the book's, so its figures stand beside ours where the "
                  "settings are the book's too, with the book's named where ours differ (the "
                  "book sets no seed: trained models agree within about ±0.005)."
@@ -150,6 +152,7 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
         "## Data", data_table(meta),
         "## Training", training_table(results, metrics),
+        *(f"> **{line}**" for line in mixed_settings(metrics, base)),
         "The linear model and MLP take the pixels in [0, 1], as the book's do; the CNN takes "
         "them standardised, (pixel − input_mean) / input_std, by the training images' own mean "
         "and standard deviation.",

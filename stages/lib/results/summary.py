@@ -10,10 +10,12 @@ from pathlib import Path
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..infra.errors import UserError
 from ..infra.files import decode_text, parse_json, read_yaml
+from ..infra.provenance import mixed_settings, settings_text
 from .book import book_figure, figure_text, is_book_data
 from .markdown import text_table
 
 LOCK = Path("dvc.lock")
+PARAMS = Path("params.yaml")
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
 MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
           ("linear", "train_linear", "metrics/linear.json", "linear"),
@@ -75,7 +77,8 @@ def check_same_tensors(stages: dict, metrics: dict[str, dict]) -> None:
 
 def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
     """The data the models saw (meta) and one row per model: name, accuracy, balanced
-    accuracy, the book's figure ("—" where the settings are not the book's)."""
+    accuracy, the book's figure ("—" where the settings are not the book's), and the seed,
+    device and threads that produced it."""
     metrics = {stage: recorded_metrics(stages, stage, path) for _, stage, path, _ in MODELS}
     check_same_tensors(stages, metrics)
     first = metrics["baseline"]
@@ -89,7 +92,7 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
         trained_with = settings(stage_params(stages, stage), stage)
         figure = book_figure(key, trained_with, meta)
         rows.append([name, f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}",
-                     figure_text(figure, per_class=False)])
+                     figure_text(figure, per_class=False), settings_text(metrics[stage])])
         if at_chance(scores["balanced_accuracy"], len(scores["per_class"])):
             how = (f" ({trained_with['epochs']} epoch(s) of {meta['n_train']} images in "
                    f"batches of {trained_with['batch_size']})" if "epochs" in trained_with
@@ -97,7 +100,14 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
             meta["at_chance"].append(
                 f"{name}: balanced accuracy {scores['balanced_accuracy']:.4f} is chance level "
                 f"for {len(scores['per_class'])} digits: it learnt nothing{how}")
+    meta["mixed"] = mixed_settings({name: metrics[stage] for name, stage, _, _ in MODELS},
+                                   params_base())
     return meta, rows
+
+
+def params_base(path: Path = PARAMS) -> dict | None:
+    """params.yaml's base section as it stands now, to hold the recorded settings to."""
+    return (read_yaml(path, "params") or {}).get("base") if path.is_file() else None
 
 
 def at_chance(balanced_accuracy: float, n_classes: int) -> bool:
@@ -110,13 +120,17 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
     lines = [f"Digits {digits} from {meta['source']}, {meta['split']} validation split "
              f"({meta['n_train']} training, {meta['n_valid']} validation images):", ""]
     if is_book_data(meta):
-        lines.append(text_table(["model", "accuracy", "balanced", "the book"], rows))
+        lines.append(text_table(["model", "accuracy", "balanced", "the book", "produced with"],
+                                rows))
     else:
-        lines.append(text_table(["model", "accuracy", "balanced"], [r[:3] for r in rows]))
+        lines.append(text_table(["model", "accuracy", "balanced", "produced with"],
+                                [[*r[:3], r[4]] for r in rows]))
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
     if meta.get("at_chance"):
         lines += ["", *meta["at_chance"]]
+    if meta.get("mixed"):
+        lines += ["", *meta["mixed"]]
     if fell_back(meta["source"], meta["requested"]):
         lines += ["", FALLBACK_WARNING]
     lines += ["", "Details: report/report.md; per metric: dvc metrics show"]
