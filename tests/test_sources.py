@@ -330,3 +330,20 @@ def test_large_downloads_show_progress(tmp_path, out_dir, monkeypatch, capsys):
     assert "train-images-idx3-ubyte.gz: 25% of 1.6 MB" in err
     assert "train-images-idx3-ubyte.gz: 100% of 1.6 MB" in err
     assert "train-labels-idx1-ubyte.gz: 25%" not in err  # small files stay quiet
+
+
+def test_a_mirror_under_the_minimum_rate_is_left_for_the_next(tiny_mirror, out_dir,
+                                                             monkeypatch, capsys):
+    # serve_slowly sends 320 bytes a second: under the 10 kB/s floor for the whole stretch,
+    # long before the 300 s deadline would stop it.
+    monkeypatch.setattr(sources, "SLOW_S", 1)
+    start = time.monotonic()
+    with serve_slowly(tiny_mirror) as url:
+        fetch_canonical(out_dir, [url, str(tiny_mirror)])
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert re.search(rf"{re.escape(url)} timed out \(under 10 kB/s for 1 s \(0\.\d\d kB/s, "
+                     rf"\d+ bytes so far\)\); trying the next mirror", err), err
+    assert err.count("fetching") == 1
+    for name in sources.CANONICAL_FILES:
+        assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()

@@ -59,6 +59,10 @@ MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed179
 # sets DEADLINE_S for slow links (or quick tests).
 READ_TIMEOUT_S = 30
 DEADLINE_S = 300
+# And, as curl's --speed-limit/--speed-time, a mirror whose bytes arrive slower than
+# MIN_RATE_BPS over SLOW_S seconds in a row: at 10 kB/s the largest file would take 17 min.
+MIN_RATE_BPS = 10_000
+SLOW_S = 30
 DEADLINE_ENV = "MNIST_DEADLINE"
 _CHUNK = 1 << 16
 
@@ -139,11 +143,13 @@ def _fetch_url(url: str, target: Path, name: str, deadline: float) -> None:
         with urllib.request.urlopen(url, timeout=wait) as response, open(target, "wb") as out:
             total = response.length
             done, last_shown = 0, [0]
+            stretch = (start, 0)  # when the current stretch began, and the bytes by then
             # read1: whatever has arrived, so a mirror trickling bytes cannot hold one call
             while chunk := response.read1(_CHUNK):
                 out.write(chunk)
                 done += len(chunk)
                 _progress(name, done, total, last_shown)
+                stretch = _check_rate(stretch, done)
                 if time.monotonic() - start > deadline:
                     raise MirrorTimedOut(
                         f"gave up after {deadline:g} s with {done} of "
@@ -157,6 +163,20 @@ def _fetch_url(url: str, target: Path, name: str, deadline: float) -> None:
         if isinstance(err.reason, TimeoutError):
             raise MirrorTimedOut(f"no answer for {wait:g} s") from None
         raise
+
+
+def _check_rate(stretch: tuple[float, int], done: int) -> tuple[float, int]:
+    """Give up (MirrorTimedOut) on a mirror that sent under MIN_RATE_BPS over the last SLOW_S
+    seconds; returns the stretch to measure next."""
+    began, bytes_then = stretch
+    now = time.monotonic()
+    if now - began < SLOW_S:
+        return stretch
+    rate = (done - bytes_then) / (now - began)
+    if rate < MIN_RATE_BPS:
+        raise MirrorTimedOut(f"under {MIN_RATE_BPS / 1000:g} kB/s for {SLOW_S:g} s "
+                             f"({rate / 1000:.2f} kB/s, {done} bytes so far)")
+    return now, done
 
 
 def _fetch_one(mirror: str, name: str, target: Path, deadline: float) -> None:
