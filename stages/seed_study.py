@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from stages.lib.infra import experiments
-from stages.lib.infra.errors import UserError, run_stage
+from stages.lib.infra.errors import Terminated, UserError, run_stage
 from stages.lib.infra.files import write_text
 from stages.lib.infra.params import load_params
 from stages.lib.infra.threads import available_cores
@@ -65,8 +65,30 @@ def run_study(names: dict[int, str], jobs: int) -> float:
         experiments.queue(name, {"base.seed": seed, "base.threads": threads})
     print(f"seed_study: queued {len(names)} experiments ({', '.join(names.values())}) with "
           f"base.threads={threads}; running them {jobs} at a time", file=sys.stderr)
-    experiments.run_queue(jobs)
+    try:
+        experiments.run_queue(jobs)
+    except (KeyboardInterrupt, Terminated):
+        print(stopped_study(list(names.values())), file=sys.stderr)
+        raise
     return (time.perf_counter() - start) / 60
+
+
+def stopped_study(names: list[str]) -> str:
+    """What a stopped study left (the queue is stopped by then), and how to clear it."""
+    left = {exp.name: exp for exp in experiments.experiments() if exp.name in names}
+    finished = [name for name, exp in left.items() if exp.metrics]
+    stopped = [name for name in left if name not in finished]
+    removed = [name for name in names if name not in left]
+    lines = ["seed_study: stopped DVC's queue: its workers are gone and nothing runs on."]
+    if finished:
+        lines.append(f"  kept, finished: {', '.join(finished)} (see `dvc exp show`)")
+    if stopped:
+        lines.append(f"  stopped mid-run (DVC lists them as failed): {', '.join(stopped)}")
+    if removed:
+        lines.append(f"  removed before they started: {', '.join(removed)}")
+    if left:
+        lines.append(f"  before the next study: dvc exp remove {' '.join(left)}")
+    return "\n".join(lines)
 
 
 def write_summary(names: dict[int, str], heading: str) -> str:

@@ -127,3 +127,38 @@ def test_seed_study_names_what_is_missing_and_refuses_too_few_seeds(book_copy):
     assert "dvc exp pull REMOTE seed-0 seed-1" in summarise.stderr
     one = run_module(book_copy, "stages.seed_study", "--seeds", "3")
     assert one.returncode == 2 and "--seeds needs two or more distinct seeds" in one.stderr
+
+
+@pytest.mark.pipeline
+def test_stopping_the_seed_study_stops_its_experiments_and_its_advice_works(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stages.lib.infra.threads import queue_worker_processes
+    from tests.helpers import env_with, make_project, run
+
+    project = make_project(tmp_path / "project", {"data.source": "mnist-5k",
+                                                  "train_mlp.epochs": 2})
+    study = subprocess.Popen([sys.executable, "-m", "stages.seed_study", "--seeds", "0", "1",
+                              "2", "-j", "1"], cwd=project, env=env_with(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while "Running" not in run(project, "dvc", "queue", "status").stdout:
+        assert time.monotonic() < deadline and study.poll() is None
+        time.sleep(1)
+    time.sleep(3)  # into the first experiment's stages
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert "seed_study: stopped DVC's queue: its workers are gone and nothing runs on." in err
+    assert "removed before they started: seed-1, seed-2" in err
+    assert queue_worker_processes(str(project)) == []
+    status = run(project, "dvc", "queue", "status").stdout
+    assert "Running" not in status and "Queued" not in status
+    advice = next(line for line in err.splitlines() if "before the next study:" in line)
+    command = advice.split("before the next study: ")[1].split()
+    assert command[:3] == ["dvc", "exp", "remove"] and "seed-0" in command
+    run(project, *command)  # as printed: not blocked by DVC's lock
+    assert "seed-0" not in run(project, "dvc", "exp", "show", "--no-pager").stdout

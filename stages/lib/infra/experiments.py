@@ -5,10 +5,14 @@ that the docs, the tests and `make bench` share, each defined here once."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from .errors import UserError
 
@@ -67,8 +71,45 @@ def queue(name: str, settings: dict[str, object]) -> None:
 
 def run_queue(jobs: int) -> None:
     """Run everything queued with `jobs` workers at once; DVC's log of each run streams to
-    the terminal. Blocks until the queue is empty."""
-    dvc("exp", "run", "--run-all", "-j", str(jobs), capture=False)
+    the terminal. Blocks until the queue is empty.
+
+    Stopped (Ctrl-C, SIGTERM), it stops the queue too: DVC's workers are processes of their
+    own that would go on running the experiments for minutes, holding DVC's lock."""
+    args = ["exp", "run", "--run-all", "-j", str(jobs)]
+    process = subprocess.Popen([DVC, *args])
+    try:
+        code = process.wait()
+    except BaseException:
+        stop_queue(process)
+        raise
+    if code != 0:
+        raise UserError(f"`dvc {' '.join(args)}` failed (exit {code})")
+
+
+STOP_WAIT_S = 60  # for the workers to end once told to: a stage cleaning up, DVC's own
+
+
+def stop_queue(follower: subprocess.Popen | None = None) -> None:
+    """Stop this project's queue at once: the experiments still queued are removed, the
+    running ones killed (DVC records them as failed) and the workers stopped; returns once
+    no worker of this project is left. Signals wait until it is done."""
+    from .threads import queue_worker_processes
+
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        if follower is not None:  # `dvc exp run --run-all` would start new workers
+            follower.terminate()
+            follower.wait(timeout=STOP_WAIT_S)
+        subprocess.run([DVC, "queue", "remove", "--queued"], capture_output=True)
+        subprocess.run([DVC, "queue", "stop", "--kill"], capture_output=True)
+        workers = queue_worker_processes(os.getcwd())
+        _, alive = psutil.wait_procs(workers, timeout=STOP_WAIT_S)
+        for worker in alive:
+            worker.kill()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def experiments() -> list[Experiment]:

@@ -56,6 +56,19 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
+def queue_worker_processes(project: str) -> list[psutil.Process]:
+    """The DVC queue workers running experiments of the project at `project` (a worker runs
+    in its project's root)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if _worker_node(_cmdline(process)) and process.cwd() == project:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def live_queue_workers() -> int:
     """How many DVC queue workers are alive on this machine (any project)."""
     nodes = {_worker_node(_cmdline(process)) for process in psutil.process_iter()}
