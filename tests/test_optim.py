@@ -285,3 +285,15 @@ def test_basic_optim_state_round_trip():
     opt.lr = 5.0
     opt.load_state_dict(state)
     assert opt.lr == 0.3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-it", "10"], "--num-it must be at least 30: fewer leave too few points"),
+    (["--out", "plot.pdf"], "--out plot.pdf: the plot is written as PNG; give a path ending "
+                            "in .png")])
+def test_lr_find_refuses_a_sweep_too_short_and_a_plot_it_would_mislabel(args, message, capsys):
+    from stages.lr_find import parse_args
+
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["train_mlp", *args])
+    assert exit.value.code == 2 and message in capsys.readouterr().err

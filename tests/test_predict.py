@@ -453,3 +453,14 @@ def test_a_bad_prepared_folder_still_prints_the_answers(tmp_path, prepared, mess
     assert [row["file"] for row in shown["images"]] == ["line.png"]  # classified all the same
     errors = {e["file"]: e["error"] for e in shown["errors"]}
     assert errors[prepared] == message and "too many pixels" in errors["bomb.png"]
+
+
+def test_an_mlp_config_claiming_a_huge_width_allocates_nothing(tmp_path):
+    # 10^11 hidden units would be 300 GB of weights: the shapes are compared on torch's meta
+    # device before anything is built.
+    bad = edited(tiny_checkpoint(tmp_path / "good.pt", "mlp"), tmp_path / "wide.pt",
+                 lambda c: c["config"].update(hidden=[10**11]))
+    result, _ = predict_json(tmp_path, "x.png", "--model", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("the weights do not fit the mlp model its config describes (3 tensor(s) differ; "
+            "0.weight: expected [100000000000, 784], found [8, 784])") in result.stderr

@@ -316,3 +316,36 @@ def test_a_full_disk_while_dvclive_logs_is_one_message_and_keeps_the_old_log(tmp
     assert {p: p.read_bytes() for p in outputs} == before
     for folder in ("models", "metrics", "plots", "dvclive"):
         assert hidden_entries(project / folder) == []
+
+
+def test_report_refuses_a_hand_edited_metrics_file(book_copy):
+    # The case: the summary refused it, the report showed it as it was.
+    path = book_copy / "metrics/mlp.json"
+    metrics = read_json(path)
+    path.write_text(json.dumps({**metrics, "accuracy": 0.999}, indent=2) + "\n")
+    report = (book_copy / "report/report.md").read_bytes()
+    result = run_module(book_copy, "stages.report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (f"metrics/mlp.json does not hold the scores models/mlp.pt records: accuracy is "
+            f"0.999 there but {metrics['accuracy']} in the checkpoint") in result.stderr
+    assert (book_copy / "report/report.md").read_bytes() == report
+
+
+def test_the_report_shows_each_models_settings_and_calls_out_a_mix(book_copy):
+    report = (book_copy / "report/report.md").read_text()
+    training = report.split("## Training")[1].split("##")[0]
+    header = next(line for line in training.splitlines() if line.startswith("| model |"))
+    assert "| seed | device | threads |" in header
+    for name in ("linear", "mlp", "cnn"):
+        row = next(line for line in training.splitlines() if line.startswith(f"| {name} |"))
+        assert "| 42 | cpu |" in row
+    assert "not all produced" not in report
+    # base.seed changed, only the MLP retrained: it stands beside seed-42 models.
+    set_params(book_copy, {"base.seed": 7})
+    run(book_copy, "dvc", "repro", "-s", "train_mlp")
+    run(book_copy, "dvc", "repro", "-s", "report")
+    report = (book_copy / "report/report.md").read_text()
+    assert ("The models were not all produced with the same seed (linear, cnn: 42; mlp: 7). "
+            "Rerun them together: `dvc repro`.") in report
+    summary = run_module(book_copy, "stages.summary", check=True).stdout
+    assert "not all produced with the same seed (linear, cnn: 42; mlp: 7)" in summary

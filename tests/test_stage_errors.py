@@ -105,6 +105,14 @@ def test_tensorise_refuses_raw_files_the_manifest_does_not_list(project):
                       "train-labels-idx1-ubyte.gz is missing, though data/raw/manifest.json")
 
 
+def test_a_manifest_that_is_not_utf8_is_named(project):
+    manifest = project / "data/raw/manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(b'{"source": "mnist", "note": "caf\xe9"}\n')
+    assert_user_error(run_module(project, "stages.tensorise"),
+                      "data/raw/manifest.json is not UTF-8 text: byte 0xe9 on line 1")
+
+
 def test_tensorise_before_download(project):
     assert_user_error(run_module(project, "stages.tensorise"), "the download manifest not found")
 
