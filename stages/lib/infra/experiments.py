@@ -55,11 +55,11 @@ class Experiment:
     metrics: dict  # metrics file path -> its contents
 
 
-def dvc(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
+def dvc(*args: str) -> subprocess.CompletedProcess:
     """Run a dvc command in the current project; a failure is a UserError with its output."""
-    result = subprocess.run([DVC, *args], capture_output=capture, text=True)
+    result = subprocess.run([DVC, *args], capture_output=True, text=True)
     if result.returncode != 0:
-        output = f":\n{result.stdout}{result.stderr}".rstrip() if capture else ""
+        output = f":\n{result.stdout}{result.stderr}".rstrip()
         raise UserError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}){output}")
     return result
 
