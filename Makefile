@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: help setup run metrics test test-fast bench clean
+.PHONY: help setup run reset metrics test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: $(STAMP)  ## run the pipeline (dvc repro), print each model's accuracy
 	dvc repro
 	@echo
 	@python -m stages.summary
+
+reset: $(STAMP)  ## back to the committed params, outputs matching them (no retraining of what ran here)
+	@python -m stages.reset
 
 metrics: $(STAMP)  ## each model's accuracy beside the book's, from the committed metrics
 	@python -m stages.summary

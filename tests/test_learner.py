@@ -228,7 +228,7 @@ def test_missing_or_foreign_checkpoint(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    from stages.lib.learning.training import resolve_device
+    from stages.lib.infra.device import resolve_device
 
     with pytest.raises(UserError, match="base.device: cuda asked for, but torch sees no CUDA"):
         resolve_device("cuda")

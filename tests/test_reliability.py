@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +18,11 @@ import torch
 from stages import tensorise
 from stages.lib.infra import experiments
 from stages.lib.infra.errors import UserError
-from stages.lib.infra.files import (atomic_dir, atomic_open, remove_stale_temps, together,
-                              write_json, write_text)
+from stages.lib.infra.files import (atomic_dir, atomic_open, read_yaml, remove_stale_temps,
+                                    together, write_json, write_text)
 from stages.lib.infra.threads import available_cores
-from tests.helpers import (env_with, make_project, read_json, run, run_module, run_stage,
-                           serve_slowly, set_params, stages_run)
+from tests.helpers import (env_with, git, make_project, read_json, run, run_module, run_stage,
+                           serve_slowly, set_params, stages_run, write_yaml)
 
 
 class Interrupted(Exception):
@@ -247,7 +248,7 @@ def test_report_refuses_a_missing_or_foreign_checkpoint(book_copy, swap):
     assert expected in result.stderr
 
 
-def test_dvc_checkout_restores_the_last_good_outputs_after_a_failed_repro(book_copy):
+def test_reset_restores_the_last_good_outputs_after_a_failed_repro(book_copy):
     good = {p: (book_copy / p).read_bytes() for p in ("models/mlp.pt", "metrics/mlp.json",
                                                        "report/report.md")}
     set_params(book_copy, {"train_mlp.lr": 1e38, "train_mlp.loss": "bce"})
@@ -256,9 +257,9 @@ def test_dvc_checkout_restores_the_last_good_outputs_after_a_failed_repro(book_c
     assert "training diverged with train_mlp.lr" in failed.stderr
     assert not (book_copy / "models/mlp.pt").exists()  # DVC clears outputs before a stage runs
 
-    run(book_copy, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots",
-        "dvclive")
-    run(book_copy, "dvc", "checkout")
+    reset = run(book_copy, sys.executable, "-m", "stages.reset")  # `make reset`
+    assert "Stage 'train_mlp' is cached - skipping run, checking out outputs" in reset.stdout
+    assert "Running stage 'train_mlp'" not in reset.stdout
     for path, data in good.items():
         assert (book_copy / path).read_bytes() == data, path
     assert "Data and pipelines are up to date." in run(book_copy, "dvc", "status").stdout
@@ -349,3 +350,57 @@ def test_the_report_shows_each_models_settings_and_calls_out_a_mix(book_copy):
             "Rerun them together: `dvc repro`.") in report
     summary = run_module(book_copy, "stages.summary", check=True).stdout
     assert "not all produced with the same seed (linear, cnn: 42; mlp: 7)" in summary
+
+
+def output_files(project: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(project)): p.read_bytes()
+            for folder in ("models", "metrics", "plots", "dvclive", "report")
+            for p in sorted((project / folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.pipeline
+def test_a_fresh_clone_runs_experiments_and_resets_without_losing_a_model(tmp_path):
+    """The issue's case: a clone whose dvc.lock names checkpoints trained on another machine
+    (which `dvc checkout` would delete), `make run`, an experiment, `make reset`."""
+    origin = make_project(tmp_path / "origin", {"data.source": "mnist-5k",
+                                                "train_linear.epochs": 2,
+                                                "train_mlp.epochs": 2})
+    run(origin, "dvc", "repro")
+    lock = read_yaml(origin / "dvc.lock", "dvc.lock")
+    for stage in lock["stages"].values():  # as trained elsewhere: hashes this cache lacks
+        for out in stage.get("outs", []):
+            if out["path"].startswith("models/"):
+                out["md5"] = "f" * 32
+    write_yaml(origin / "dvc.lock", lock)
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "outputs of another machine")
+    subprocess.run(["git", "clone", "-q", str(origin), str(tmp_path / "clone")], check=True)
+    clone = tmp_path / "clone"
+
+    run(clone, "dvc", "repro")  # `make run` on the fresh clone
+    assert "Data and pipelines are up to date." in run(clone, "dvc", "status").stdout
+    trained = output_files(clone)
+    experiment = run(clone, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5")
+    assert "Running stage 'train_mlp'" in experiment.stdout
+    assert output_files(clone)["models/mlp.pt"] != trained["models/mlp.pt"]
+
+    reset = run(clone, sys.executable, "-m", "stages.reset")  # `make reset`
+    assert "Stage 'train_mlp' is cached - skipping run, checking out outputs" in reset.stdout
+    assert "Running stage 'train_" not in reset.stdout  # nothing retrained, the CNN least
+    assert "reset: dvc status: Data and pipelines are up to date." in reset.stderr
+    assert output_files(clone) == trained  # every model back, byte for byte
+    assert "lr: 0.5" not in (clone / "params.yaml").read_text()
+
+    # Known before any stage runs: fails in check_params, before DVC deletes an output.
+    for setting, message in (("base.device=cuda", "base.device: cuda asked for, but torch "
+                                                  "sees no CUDA GPU"),
+                             ("data.source=/no/such/folder", "no such folder exists")):
+        if setting.startswith("base.device") and torch.cuda.is_available():
+            continue
+        failed = run(clone, "dvc", "exp", "run", "-S", setting, check=False)
+        assert failed.returncode != 0 and "error in stage 'check_params': " in failed.stderr
+        assert message in failed.stderr and "Running stage 'train_" not in failed.stdout
+        assert output_files(clone) == trained
+        run(clone, sys.executable, "-m", "stages.reset")  # undoes DVC's rewrite of params.yaml
+        assert (clone / "params.yaml").read_text() == (origin / "params.yaml").read_text()
+    assert output_files(clone) == trained

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.helpers import (make_project, read_json, run, run_module, run_stage, set_params,
-                           stages_run)
+                           stages_run, write_idx_folder)
 
 
 @pytest.fixture
@@ -130,3 +130,31 @@ def test_dvc_repro_fails_on_a_hand_typo_no_stage_would_rerun_for(project):
     assert "Traceback" not in result.stderr
     assert stages_run(result.stdout) == ["check_params"]
     assert not (project / "data").exists()
+
+
+@pytest.mark.parametrize("params,env,message", [
+    ({"base.device": "cuda"}, {}, "base.device: cuda asked for, but torch sees no CUDA GPU"),
+    ({"data.source": "/no/such/folder"}, {}, "data.source: '/no/such/folder' is not a known "
+                                             "source (auto, mnist, mnist-5k) and no such folder"),
+    ({}, {"OMP_NUM_THREADS": "four"}, "OMP_NUM_THREADS='four' is not a positive whole number"),
+    ({"data.source": "mnist"}, {"MNIST_DEADLINE": "soon"}, "MNIST_DEADLINE='soon' is not a "
+                                                           "positive number"),
+])
+def test_what_is_known_before_a_stage_runs_fails_in_check_params(project, monkeypatch, params,
+                                                                  env, message):
+    import torch
+
+    if params.get("base.device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    set_params(project, params)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_module(project, "stages.check_params")
+    assert_user_error(result, f"error in stage 'check_params': {message}")
+
+
+def test_check_params_passes_what_the_stages_would_accept(project, tmp_path):
+    folder = tmp_path / "mnist"
+    write_idx_folder(folder)
+    set_params(project, {"data.source": str(folder), "base.threads": 1})
+    assert run_module(project, "stages.check_params").returncode == 0

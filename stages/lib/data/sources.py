@@ -414,7 +414,21 @@ def acquire(source: str, out_dir: Path, mirrors: list[str]) -> Acquired:
             acquired = load_mnist_5k(out_dir)
             acquired.notes["fallback"] = "mnist unreachable, used mnist-5k"
             return acquired
-    return load_local_folder(Path(source).expanduser(), out_dir)
+    return load_local_folder(local_folder(source), out_dir)
+
+
+def local_folder(source: str) -> Path:
+    """The folder a data.source that is not a named source stands for."""
+    return Path(source).expanduser()
+
+
+def check_source(source: str) -> None:
+    """What can be known of data.source before the download stage runs: a local folder
+    exists and is in an accepted layout; MNIST_DEADLINE, when set, is a number."""
+    if source not in NAMED_SOURCES:
+        detect_layout(local_folder(source))
+    elif source != "mnist-5k":
+        fetch_deadline()
 
 
 def warn_fallback(err: Exception) -> None:

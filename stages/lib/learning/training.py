@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data.tensors import Split, as_inputs, load_tensors
+from ..infra.device import resolve_device
 from ..infra.errors import UserError
 from ..infra.files import set_aside, together, write_json, write_text
 from ..infra.params import Params
@@ -33,15 +34,6 @@ if TYPE_CHECKING:
     from dvclive import Live
 
 LIVE_DIR = Path("dvclive")  # dvclive/<name>/: the run as it trains, for DVC's plots
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("base.device: cuda asked for, but torch sees no CUDA GPU; "
-                        "use cpu or auto")
-    return torch.device(name)
 
 
 @dataclass
