@@ -171,3 +171,21 @@ def test_github_workflow_is_valid(workflow, steps):
     text = (ROOT / workflow).read_text()
     for step in steps:
         assert step in text
+
+
+def test_dvc_plots_draw_each_model_in_its_own_colour_with_a_point_per_epoch(book_copy):
+    shown = json.loads(run(book_copy, "dvc", "plots", "show", "--json").stdout)["data"]
+    for plot, sets in (("valid_accuracy", {"valid"}), ("loss", {"train", "valid"})):
+        spec = shown[plot][0]["content"]
+        encoding = spec["encoding"]
+        assert encoding["color"]["field"] == "model"  # not DVC's one colour per revision
+        assert encoding["color"]["scale"]["domain"] == ["linear", "mlp", "cnn"]
+        assert encoding["strokeDash"]["field"] == "set" and spec["mark"]["point"]
+        # What the template's transforms derive from each row, as Vega-Lite will.
+        rows = spec["data"]["values"]
+        sources = [row.get("filename") or row.get("filename::field") for row in rows]
+        models = {source.split("/")[0] for source in sources}
+        assert models == {"linear", "mlp", "cnn"}  # legend names, not cut file paths
+        assert {"train" if "train_" in source else "valid" for source in sources} == sets
+        cnn_points = [s for s in sources if s.startswith("cnn/")]
+        assert len(cnn_points) == len(sets)  # one epoch: one point per series, drawn

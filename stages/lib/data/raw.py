@@ -37,6 +37,7 @@ def check_manifest(raw_dir: Path, manifest: dict) -> None:
 
 
 # Repeated where a fallback run's numbers are shown (the summary, the report's top).
+SAMPLE = "mnist-5k"  # the offline sample, and what `auto` falls back to
 FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sample the "
                     "download fell back to\nbecause full MNIST could not be had; they are not "
                     "the book's. To get the full set, online or with\n"
@@ -47,4 +48,4 @@ FALLBACK_WARNING = ("WARNING: these numbers are from mnist-5k, the 5000-image sa
 def fell_back(source: str, requested: str | None) -> bool:
     """Whether data.source: auto ended with the offline sample rather than real MNIST (the
     manifest's, and the tensors' meta.json's, `source` and `requested`)."""
-    return source == "mnist-5k" and requested == "auto"
+    return source == SAMPLE and requested == "auto"

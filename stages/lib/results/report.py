@@ -15,6 +15,7 @@ from ..learning.models import TRAINED, initial_model, load_checkpoint
 from ..learning.predictions import batched_logits, predict, true_class_loss
 from ..learning.similarity import class_distances, load_means, nearest_margin
 from .book import book_figure, figure_text, is_book_data
+from .caveats import caveats
 from .history import read_history
 from .markdown import markdown_table
 from .metrics import confusion_matrix
@@ -147,7 +148,11 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         f"Digits {digits} from **{meta['source']}**, validation split **{meta['split']}** "
         f"({meta['n_train']} training and {meta['n_valid']} validation images; every model "
         f"below was computed from these tensors, fingerprint `{meta['tensors']}`).",
-        "## Models", results_table(results, meta), book_note,
+        "## Models", results_table(results, meta),
+        *(f"> **{line}**" for line in caveats(
+            metrics["baseline"]["l1"], {r.key: (r.metrics, r.settings) for r in results
+                                        if r.key in TRAINED}, meta["n_train"], meta["source"])),
+        book_note,
         "Accuracy is pooled over the validation set; balanced accuracy is the mean of the "
         "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
         "## Data", data_table(meta),
@@ -173,8 +178,11 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         "initial noise; `train_linear.init: torch` starts near zero and shows the learnt "
         "strokes.", f"![linear weights]({figures['weights']})",
         "## Worst mistakes",
-        "The validation images each model gets most confidently wrong (p: the probability "
-        "the model gave its prediction; margin: how much nearer the wrong mean image was).",
+        "The validation images each trained model gets most confidently wrong, worst first "
+        "(up to `report.worst_mistakes` per model, six to a row). Above each: its true digit, "
+        "the model's answer, and the loss, −log p of the true digit (0.69 is a coin toss "
+        "between two digits; 2.30 means the true digit got p = 0.1). The baselines are left "
+        "out: nearness to a mean image is no probability.",
         f"![worst mistakes]({figures['mistakes']})",
     ]
     return "\n\n".join(sections) + "\n"

@@ -12,6 +12,7 @@ from ..infra.errors import UserError
 from ..infra.files import decode_text, parse_json, read_yaml
 from ..infra.provenance import mixed_settings, settings_text
 from .book import book_figure, figure_text, is_book_data
+from .caveats import caveats
 from .markdown import text_table
 
 LOCK = Path("dvc.lock")
@@ -86,20 +87,17 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
             "n_valid": first["n_valid"],
             "digits": stage_params(stages, "tensorise").get("data.digits"),
             "requested": stage_params(stages, "download").get("data.source")}
-    rows, meta["at_chance"] = [], []
+    rows, trained = [], {}
     for name, stage, _, key in MODELS:
         scores = metrics[stage]["l1"] if stage == "baseline" else metrics[stage]
         trained_with = settings(stage_params(stages, stage), stage)
         figure = book_figure(key, trained_with, meta)
         rows.append([name, f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}",
                      figure_text(figure, per_class=False), settings_text(metrics[stage])])
-        if at_chance(scores["balanced_accuracy"], len(scores["per_class"])):
-            how = (f" ({trained_with['epochs']} epoch(s) of {meta['n_train']} images in "
-                   f"batches of {trained_with['batch_size']})" if "epochs" in trained_with
-                   else "")
-            meta["at_chance"].append(
-                f"{name}: balanced accuracy {scores['balanced_accuracy']:.4f} is chance level "
-                f"for {len(scores['per_class'])} digits: it learnt nothing{how}")
+        if stage != "baseline":
+            trained[name] = (scores, trained_with)
+    meta["caveats"] = caveats(metrics["baseline"]["l1"], trained, meta["n_train"],
+                              meta["source"])
     meta["mixed"] = mixed_settings({name: metrics[stage] for name, stage, _, _ in MODELS},
                                    params_base())
     return meta, rows
@@ -108,11 +106,6 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
 def params_base(path: Path = PARAMS) -> dict | None:
     """params.yaml's base section as it stands now, to hold the recorded settings to."""
     return (read_yaml(path, "params") or {}).get("base") if path.is_file() else None
-
-
-def at_chance(balanced_accuracy: float, n_classes: int) -> bool:
-    """No better than guessing one class (within a few points): a number not to trust."""
-    return balanced_accuracy < 1 / n_classes + 0.05
 
 
 def render_summary(meta: dict, rows: list[list[str]]) -> str:
@@ -127,8 +120,8 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
                                 [[*r[:3], r[4]] for r in rows]))
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
-    if meta.get("at_chance"):
-        lines += ["", *meta["at_chance"]]
+    if meta.get("caveats"):
+        lines += ["", *meta["caveats"]]
     if meta.get("mixed"):
         lines += ["", *meta["mixed"]]
     if fell_back(meta["source"], meta["requested"]):
