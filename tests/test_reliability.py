@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -379,6 +380,12 @@ def test_a_fresh_clone_runs_experiments_and_resets_without_losing_a_model(tmp_pa
 
     run(clone, "dvc", "repro")  # `make run` on the fresh clone
     assert "Data and pipelines are up to date." in run(clone, "dvc", "status").stdout
+    # The sample's one-epoch CNN: 800 images in batches of 128, below the baseline.
+    report = (clone / "report/report.md").read_text()
+    assert re.search(r"> \*\*cnn: accuracy 0\.\d+ is below the pixel-similarity baseline's "
+                     r"0\.\d+; 6 optimizer steps are too few to mean much \(1 epoch\(s\) of 800 "
+                     r"images in batches of 128: 6 optimizer steps\)\. What to do: train on real "
+                     r"MNIST", report), report.split("## Models")[1][:800]
     trained = output_files(clone)
     experiment = run(clone, "dvc", "exp", "run", "-S", "train_mlp.lr=0.5")
     assert "Running stage 'train_mlp'" in experiment.stdout
