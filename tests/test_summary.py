@@ -157,6 +157,7 @@ def test_make_run_ends_with_the_summary_and_make_metrics_prints_it():
     assert commands("run")[-1] == "python -m stages.summary"
     assert commands("run").index("dvc repro") < len(commands("run")) - 1
     assert commands("metrics") == ["python -m stages.summary"]
+    assert commands("reset") == ["python -m stages.reset"]  # the tests run it on a clone
 
 
 def test_models_produced_with_other_settings_are_called_out(tmp_path):
