@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: help setup run reset metrics test test-fast bench clean
+.PHONY: help setup run reset serve metrics test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ run: $(STAMP)  ## run the pipeline (dvc repro), print each model's accuracy
 
 reset: $(STAMP)  ## back to the committed params, outputs matching them (no retraining of what ran here)
 	@python -m stages.reset
+
+serve: $(STAMP)  ## draw a digit at http://127.0.0.1:8000 and watch every model answer
+	@python -m stages.serve
 
 metrics: $(STAMP)  ## each model's accuracy beside the book's, from the committed metrics
 	@python -m stages.summary

@@ -20,7 +20,8 @@ import numpy as np
 from stages.lib.infra.errors import EXIT_USER_ERROR, UserError, run_stage
 from stages.lib.infra.files import atomic_open
 from stages.lib.learning.models import TRAINED
-from stages.lib.own_digits.classify import answer_range, classify, load_classifiers, results_table
+from stages.lib.own_digits.classify import (answer_range, as_json, classify, load_classifiers,
+                                            results_table)
 from stages.lib.own_digits.prepare import read_digit
 
 
@@ -86,12 +87,7 @@ def main(argv: list[str]) -> int:
         print(f"predict: {name}: models/{name}.pt not trained yet, skipped "
               f"(`dvc repro train_{name}` trains it)", file=sys.stderr)
     if args.json:
-        print(json.dumps({
-            "models": {c.name: {"checkpoint": str(c.path), "fingerprint": c.fingerprint,
-                                "kind": c.kind, "digits": c.digits} for c in classifiers},
-            "images": rows,
-            "errors": [{"file": path, "error": message} for path, message in errors.items()],
-        }, indent=2, allow_nan=False))
+        print(json.dumps(as_json(classifiers, rows, errors), indent=2, allow_nan=False))
     else:
         print("\n".join(answer_range(classifiers)))
         if rows:

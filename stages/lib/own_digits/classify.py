@@ -125,3 +125,55 @@ def results_table(rows: list[dict], classifiers: list[Classifier]) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
                      for line in [header, *body])
+
+
+def as_json(classifiers: list[Classifier], rows: list[dict], errors: dict[str, str]) -> dict:
+    """What `predict --json` prints and the server's /api/predict answers: each model, each
+    image's answers per model, and each image that could not be read."""
+    return {"models": {c.name: {"checkpoint": str(c.path), "fingerprint": c.fingerprint,
+                                "kind": c.kind, "digits": c.digits} for c in classifiers},
+            "images": rows,
+            "errors": [{"file": path, "error": message} for path, message in errors.items()]}
+
+
+class ServedModels:
+    """The checkpoints a long-running process answers with (`stages.serve`): loaded again
+    whenever one of their files changes, so a `dvc repro` that writes new checkpoints is
+    answered by them at the next request, without a restart."""
+
+    def __init__(self, refs: list[str] | None):
+        self.refs = refs
+        self._key: tuple | None = None
+        self.classifiers: list[Classifier] = []
+        self.untrained: list[str] = []
+
+    def paths(self) -> list[Path]:
+        return [checkpoint_path(ref)[1] for ref in (self.refs or TRAINED)]
+
+    def current(self) -> list[Classifier]:
+        """The classifiers as the files now are; UserError when none can be loaded."""
+        key = tuple((str(p), *(_stamp(p))) for p in self.paths())
+        if key != self._key:
+            self.classifiers, self.untrained = load_classifiers(self.refs)
+            self._key = key
+        return self.classifiers
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, -1)
+    return (info.st_mtime_ns, info.st_size)
+
+
+def recorded_accuracy(classifier: Classifier, metrics_dir: Path = Path("metrics")) -> float | None:
+    """The accuracy metrics/<name>.json gives for this very checkpoint (its `model`
+    fingerprint), or None: a fetched checkpoint, or metrics of another run."""
+    import json
+
+    try:
+        metrics = json.loads((metrics_dir / f"{classifier.path.stem}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics.get("accuracy") if metrics.get("model") == classifier.fingerprint else None

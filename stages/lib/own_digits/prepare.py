@@ -28,25 +28,32 @@ MAX_PIXELS = 1024  # larger photos are shrunk first: a 20×20 result needs no mo
 PAPER_CONTRAST = 64
 
 
-def read_digit(path: str | Path) -> np.ndarray:
-    """The image at `path` as a 28×28 uint8 MNIST-style digit; UserError naming the file
-    when it is missing, not an image, or blank."""
-    return prepare_digit(read_grey(path), name=str(path))
+class TooLarge(UserError):
+    """An image with more pixels than is safe to decode (a server answers 413)."""
 
 
-def read_grey(path: str | Path) -> np.ndarray:
-    """Grey levels 0-255 (float) of the image file, upright as the camera meant it."""
+def read_digit(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """The image at `path` (or, given `data`, those bytes, named `path`) as a 28×28 uint8
+    MNIST-style digit; UserError naming it when it is missing, not an image, or blank."""
+    return prepare_digit(read_grey(path, data), name=str(path))
+
+
+def read_grey(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """Grey levels 0-255 (float) of the image file (or of `data`), upright as the camera
+    meant it."""
+    import io
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        regular_file(path, "an image")
+        if data is None:
+            regular_file(path, "an image")
         with warnings.catch_warnings():
             # Pillow warns past MAX_IMAGE_PIXELS and refuses at twice that: both are refused
             # here, from the size in the header, before a pixel is decoded.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path if data is None else io.BytesIO(data)) as image:
                 image = ImageOps.exif_transpose(image)
                 grey = as_grey(image)
                 grey.thumbnail((MAX_PIXELS, MAX_PIXELS))
@@ -56,7 +63,7 @@ def read_grey(path: str | Path) -> np.ndarray:
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not an image") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise UserError(f"{path}: too many pixels to read safely (over "
+        raise TooLarge(f"{path}: too many pixels to read safely (over "
                         f"{Image.MAX_IMAGE_PIXELS:,}, Pillow's decompression-bomb limit); "
                         f"shrink the image first") from None
     except UnidentifiedImageError:
