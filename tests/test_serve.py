@@ -281,3 +281,24 @@ def test_the_page_answers_a_drawn_digit_as_predict_does(browser, book_project, s
                                           for name, p in expected.items()}
         logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert logs == []
+
+
+def test_ctrl_c_stops_the_server_cleanly(tiny):
+    import signal
+
+    folder, args = tiny
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "stages.serve", "--port", str(port),
+                                *args], cwd=folder, env=env_with(PYTHONPATH=str(ROOT)),
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=5)
+            break
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    assert f"draw a digit at http://127.0.0.1:{port}" in err
