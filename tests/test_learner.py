@@ -313,3 +313,10 @@ def test_a_full_disk_mid_fit_is_one_message_and_the_last_good_log_stays(chdir, m
         with live_log("linear", learner):
             learner.fit(4)
     assert {p: p.read_bytes() for p in (chdir / "dvclive").rglob("*") if p.is_file()} == good
+
+
+def test_an_oserror_of_the_fit_itself_is_not_blamed_on_dvclive(chdir):
+    learner = make_learner()
+    with pytest.raises(FileNotFoundError, match="not DVCLive's"):
+        with live_log("linear", learner):
+            raise FileNotFoundError("the fit's own, not DVCLive's")

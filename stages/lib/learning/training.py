@@ -162,10 +162,11 @@ def live_log(name: str, learner: Learner) -> Iterator[Live]:
     from dvclive import Live  # here: lr_find, importing this module, need not
 
     folder = LIVE_DIR / name
-    with set_aside(folder), _log_writes(folder):
-        # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
-        # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
-        live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False)
+    with set_aside(folder):
+        with _log_writes(folder):
+            # dvcyaml=None: dvc.yaml is ours, and its plots section draws these files;
+            # save_dvc_exp=False: `dvc exp run` records experiments, not each stage.
+            live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False)
 
         def log_epoch(row: dict) -> None:
             with _log_writes(folder):
@@ -175,8 +176,9 @@ def live_log(name: str, learner: Learner) -> Iterator[Live]:
 
         learner.on_epoch = log_epoch
         try:
-            yield live
-            live.end()
+            yield live  # the fit's own errors pass as they are, not as DVCLive's
+            with _log_writes(folder):
+                live.end()
         finally:
             learner.on_epoch = None
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -155,9 +156,7 @@ def make_app(served: ServedModels) -> Starlette:
         start = time.perf_counter()
         try:
             name, data = await image_of(request)
-            from starlette.concurrency import run_in_threadpool
-
-            result = await run_in_threadpool(answer, name, data)
+            result = await run_in_threadpool(answer, name, data)  # torch off the event loop
         except BadRequest as err:
             return error(err.status, str(err))
         except Unavailable as err:
