@@ -26,11 +26,11 @@ UP_TO_DATE = "Data and pipelines are up to date."
 
 
 def step(*command: str) -> None:
-    print(f"reset: {' '.join(command).replace(DVC, 'dvc')}", file=sys.stderr)
+    shown = " ".join(command).replace(DVC, "dvc")
+    print(f"reset: {shown}", file=sys.stderr)
     result = subprocess.run(command)
-    if result.returncode != 0:
-        raise UserError(f"`{' '.join(command).replace(DVC, 'dvc')}` failed (exit "
-                        f"{result.returncode}); nothing else was changed")
+    if result.returncode != 0:  # its own output, above, says why
+        raise UserError(f"`{shown}` failed (exit {result.returncode})")
 
 
 def main() -> None:

@@ -39,10 +39,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def serving(project: Path, *args: str):
-    """`python -m stages.serve` in `project`, on a free port, until the block ends; its base
-    URL once it answers."""
+def start_server(project: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python -m stages.serve` in `project` on a free port, and its base URL, once it
+    answers."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "stages.serve", "--port", str(port),
                                 *args], cwd=project, stdout=subprocess.PIPE,
@@ -51,15 +50,21 @@ def serving(project: Path, *args: str):
                                             else str(ROOT)),
                                stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, process.communicate()
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"{url}/api/models", timeout=5)
+            return process, url
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serving(project: Path, *args: str):
+    """The server of start_server until the block ends; its base URL."""
+    process, url = start_server(project, *args)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/api/models", timeout=5)
-                break
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
         yield url
     finally:
         process.terminate()
@@ -287,18 +292,8 @@ def test_ctrl_c_stops_the_server_cleanly(tiny):
     import signal
 
     folder, args = tiny
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "stages.serve", "--port", str(port),
-                                *args], cwd=folder, env=env_with(PYTHONPATH=str(ROOT)),
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=5)
-            break
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.2)
+    process, url = start_server(folder, *args)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in err, err
-    assert f"draw a digit at http://127.0.0.1:{port}" in err
+    assert f"draw a digit at {url}" in err

@@ -83,9 +83,9 @@ async function send(body, type) {
       document.body.dataset.answered = String(number);
       return;
     }
-    // The models are listed again before each answer is shown, so a checkpoint retrained
-    // by `dvc repro` shows its new fingerprint and accuracy.
-    await loadModels();
+    // Checkpoints other than the ones listed answered (`dvc repro` retrained one): list the
+    // models again, for their new fingerprints and accuracies.
+    if (!sameModels(answer.models)) await loadModels();
     if (controller.signal.aborted) return;
     show(answer);
     document.body.dataset.answered = String(number);
@@ -94,6 +94,12 @@ async function send(body, type) {
   } finally {
     if (inFlight === controller) inFlight = null;
   }
+}
+
+function sameModels(answered) {
+  const names = Object.keys(answered);
+  return names.length === models.length && models.every((model, i) =>
+    names[i] === model.name && answered[model.name].fingerprint === model.fingerprint);
 }
 
 function show(answer) {
