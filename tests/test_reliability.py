@@ -352,7 +352,7 @@ def test_the_report_shows_each_models_settings_and_calls_out_a_mix(book_copy):
     report = (book_copy / "report/report.md").read_text()
     assert ("The models were not all produced with the same seed (linear, cnn: 42; mlp: 7). "
             "Rerun them together: `dvc repro`.") in report
-    summary = run_module(book_copy, "stages.summary", check=True).stdout
+    summary = " ".join(run_module(book_copy, "stages.summary", check=True).stdout.split())
     assert "not all produced with the same seed (linear, cnn: 42; mlp: 7)" in summary
 
 

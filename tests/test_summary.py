@@ -63,6 +63,11 @@ def write_run(folder, params=BOOK_PARAMS, common=COMMON, tensorised=TENSORS,
     write_yaml(folder / "dvc.lock", {"schema": "2.0", "stages": stages})
 
 
+def words(output: str) -> str:
+    """The output with its line breaks as spaces: the notes under the table are wrapped."""
+    return " ".join(output.split())
+
+
 def table(output: str) -> dict[str, list[str]]:
     return {m.group(1): m.group(2).split() for m in
             re.finditer(r"^(baseline \(L1\)|linear|mlp|cnn) +(.+)$", output, re.MULTILINE)}
@@ -90,7 +95,7 @@ def test_book_settings_get_the_books_figure_and_others_a_dash(tmp_path):
 def test_a_model_no_better_than_chance_is_called_out(tmp_path):
     # As after an offline fallback: the CNN's one epoch on 800 images is 6 steps.
     write_run(tmp_path, cnn=(0.4950, 0.5000))
-    output = run_module(tmp_path, "stages.summary", check=True).stdout
+    output = words(run_module(tmp_path, "stages.summary", check=True).stdout)
     assert ("cnn: balanced accuracy 0.5000 is chance level for 2 digits: it learnt nothing "
             "(1 epoch(s) of 12396 images in batches of 128: 96 optimizer steps). What to do: "
             "check train_cnn's settings (docs/training.md).") in output
@@ -104,7 +109,9 @@ def test_the_offline_samples_cnn_is_explained_with_what_to_do(tmp_path):
               "split": "random"}
     params = {**BOOK_PARAMS, "download": {"data.source": "auto"}}
     write_run(tmp_path, params, common=sample, cnn=(0.6450, 0.6414))
-    output = run_module(tmp_path, "stages.summary", check=True).stdout
+    printed = run_module(tmp_path, "stages.summary", check=True).stdout
+    assert max(len(line) for line in printed.splitlines()) <= 100  # wrapped for a terminal
+    output = words(printed)
     assert ("cnn: accuracy 0.6450 is below the pixel-similarity baseline's 0.9514; 6 "
             "optimizer steps are too few to mean much (1 epoch(s) of 800 images in batches "
             "of 128: 6 optimizer steps). What to do: train on real MNIST (`MNIST_MIRRORS="
@@ -167,6 +174,7 @@ def test_models_produced_with_other_settings_are_called_out(tmp_path):
                                                    "threads": "auto"}})
     output = run_module(tmp_path, "stages.summary", check=True).stdout
     assert table(output)["mlp"][-4:] == ["7,", "cpu,", "2", "threads"]
+    output = words(output)
     assert ("The models were not all produced with the same seed (linear, cnn: 42; mlp: 7). "
             "Rerun them together: `dvc repro`.") in output
     # One setting for all, but not the one params.yaml says now.
@@ -174,7 +182,7 @@ def test_models_produced_with_other_settings_are_called_out(tmp_path):
     other.mkdir()
     write_run(other)
     write_yaml(other / "params.yaml", {"base": {"seed": 42, "device": "cpu", "threads": 1}})
-    output = run_module(other, "stages.summary", check=True).stdout
+    output = words(run_module(other, "stages.summary", check=True).stdout)
     assert ("params.yaml now says base.threads: 1, but the models were produced with threads "
             "2; `dvc repro` reruns them with 1.") in output
     assert "not all produced" not in output

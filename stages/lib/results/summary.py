@@ -5,6 +5,7 @@ params.yaml, which may have changed since). Torch-free, so it answers at once.""
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from pathlib import Path
 
 from ..data.raw import FALLBACK_WARNING, fell_back
@@ -17,6 +18,7 @@ from .markdown import text_table
 
 LOCK = Path("dvc.lock")
 PARAMS = Path("params.yaml")
+WIDTH = 92  # of the notes under the table, as wide as the fallback warning
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
 MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
           ("linear", "train_linear", "metrics/linear.json", "linear"),
@@ -120,10 +122,9 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
                                 [[*r[:3], r[4]] for r in rows]))
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
-    if meta.get("caveats"):
-        lines += ["", *meta["caveats"]]
-    if meta.get("mixed"):
-        lines += ["", *meta["mixed"]]
+    for note in (*meta.get("caveats", []), *meta.get("mixed", [])):  # read on a terminal
+        lines += ["", textwrap.fill(note, WIDTH, break_long_words=False,
+                                    break_on_hyphens=False)]
     if fell_back(meta["source"], meta["requested"]):
         lines += ["", FALLBACK_WARNING]
     lines += ["", "Details: report/report.md; per metric: dvc metrics show"]
