@@ -13,6 +13,7 @@ import sys
 from stages.lib.data.tensors import load_tensors
 from stages.lib.infra.errors import run_stage
 from stages.lib.infra.files import together, write_json
+from stages.lib.infra.kernels import use_kernels
 from stages.lib.infra.params import load_params
 from stages.lib.infra.provenance import metrics_origin
 from stages.lib.infra.threads import use_threads
@@ -21,7 +22,8 @@ from stages.lib.results.metrics import classification_metrics
 
 
 def main() -> None:
-    threads = use_threads(load_params().base.threads)
+    base = load_params().base
+    threads, kernels = use_threads(base.threads), use_kernels(base.kernels)
     meta, train, valid = load_tensors()
     digits = meta["digits"]
 
@@ -31,7 +33,8 @@ def main() -> None:
                for kind in DISTANCES}
     # No seed: the mean images draw nothing at random. On the CPU, whatever base.device says.
     metrics.update(n_train=len(train), n_valid=len(valid), source=meta["source"],
-                   split=meta["split"], seed=None, device="cpu", threads=threads.count)
+                   split=meta["split"], seed=None, device="cpu", threads=threads.count,
+                   kernels=kernels.setting)
 
     with together():  # the checkpoint and its metrics, both new or both old
         model = save_means("models/baseline.pt", means, meta, metrics)
@@ -40,7 +43,7 @@ def main() -> None:
         print(f"baseline {kind}: accuracy {metrics[kind]['accuracy']}, balanced "
               f"{metrics[kind]['balanced_accuracy']}, per class {metrics[kind]['per_class']}",
               file=sys.stderr)
-    print(f"baseline: {threads}", file=sys.stderr)
+    print(f"baseline: {threads}, {kernels}", file=sys.stderr)
 
 
 if __name__ == "__main__":

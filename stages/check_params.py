@@ -8,14 +8,16 @@ message, before any other stage starts, and so before DVC deletes any stage's ou
 deletes them as it starts that stage): a failed `dvc repro` or `dvc exp run` leaves the
 last good outputs in place.
 
-Checked besides the params: `base.device: cuda` needs a GPU torch can see; a `data.source`
-folder must exist in an accepted layout; OMP_NUM_THREADS and MNIST_DEADLINE, when set,
+Checked besides the params: `base.device: cuda` needs a GPU torch can see;
+`base.kernels: portable` an x86-64 CPU with AVX2; a `data.source` folder must exist in an
+accepted layout; OMP_NUM_THREADS and MNIST_DEADLINE, when set,
 must be numbers.
 """
 
 from stages.lib.data.sources import check_source
 from stages.lib.infra.device import resolve_device
 from stages.lib.infra.errors import run_stage
+from stages.lib.infra.kernels import check_setting
 from stages.lib.infra.params import Params, load_params
 from stages.lib.infra.threads import choose_threads
 
@@ -25,6 +27,7 @@ def check_environment(params: Params) -> None:
     if params.base.device == "cuda":
         resolve_device("cuda")
     choose_threads(params.base.threads)
+    check_setting(params.base.kernels)
     check_source(params.data.source)
 
 

@@ -7,6 +7,7 @@ import sys
 from stages.lib.data.tensors import load_tensors, targets_in_digit_order
 from stages.lib.infra.errors import run_stage
 from stages.lib.infra.files import atomic_dir, write_text
+from stages.lib.infra.kernels import use_kernels
 from stages.lib.infra.params import load_params
 from stages.lib.infra.threads import use_threads
 from stages.lib.learning.models import TRAINED
@@ -25,6 +26,7 @@ FIGURES = {"curves": "figures/training_curves.png", "means": "figures/mean_image
 def main() -> None:
     params = load_params()
     use_threads(params.base.threads)
+    use_kernels(params.base.kernels)  # the predictions it draws: the same on every CPU
     meta, _, valid = load_tensors()
     digits, names = meta["digits"], meta["target_digits"]
     baseline, models, metrics, histories = read_model_outputs(meta)

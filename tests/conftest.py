@@ -14,12 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
-from stages.lib.infra.experiments import BOOK_DATA
-from stages.lib.infra.threads import ENV_VAR, available_cores
-from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS_5K, copy_project,
-                           run_pipeline_project, serve_folder)
+# The tests hold the portable kernels to what they compute on every CPU, whatever params.yaml
+# says: pinned before torch loads (stages/lib/infra/kernels.py).
+from stages.lib.infra.kernels import pin
+
+pin("portable")
+
+import torch  # noqa: E402 - after the kernels are pinned
+
+from stages.lib.infra.experiments import BOOK_DATA  # noqa: E402
+from stages.lib.infra.threads import ENV_VAR, available_cores  # noqa: E402
+from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS_5K, committed_threads,  # noqa: E402
+                           copy_project, run_pipeline_project, serve_folder)
 
 # Tests never touch the network: DVC stays offline, and the download stage is told to skip
 # the public mirrors (only MNIST_MIRRORS set by a test is tried).
@@ -63,8 +70,10 @@ def shared_run(root: Path, name: str, build: Callable[[Path], subprocess.Complet
 
 
 def build_book(project: Path, mirror_url: str) -> subprocess.CompletedProcess:
-    return run_pipeline_project(project, BOOK_DATA,
-                                mirrors=mirror_url)
+    # With the thread count of the committed dvc.lock, so that test_pipeline can hold this
+    # run to it, bit for bit.
+    return run_pipeline_project(project, BOOK_DATA, mirrors=mirror_url,
+                                OMP_NUM_THREADS=str(committed_threads()))
 
 
 def build_ten(project: Path) -> subprocess.CompletedProcess:

@@ -256,11 +256,17 @@ def _exit_status(main: Callable[[], object]) -> int:
 
 
 def run_pipeline_project(project: Path, params: dict, mirrors: str | None = None,
-                         niceness: int = 0):
+                         niceness: int = 0, **extra_env: str | None):
     """`dvc repro` in a new project; a positive `niceness` gives it the CPU others leave."""
     make_project(project, params)
     nice = ("nice", "-n", str(niceness)) if niceness else ()
-    return run(project, *nice, DVC, "repro", mirrors=mirrors)
+    return run(project, *nice, DVC, "repro", mirrors=mirrors, **extra_env)
+
+
+def committed_threads() -> int:
+    """The thread count the committed dvc.lock was computed with (metrics/cnn.json records
+    it): a run with another count computes other bits for the CNN (docs/performance.md)."""
+    return read_json(ROOT / "metrics" / "cnn.json")["threads"]
 
 
 def read_json(path: Path):

@@ -28,8 +28,9 @@ BOOK_PARAMS = {
                   "train_cnn.shuffle": True, "train_cnn.wd": 0.01},
 }
 COMMON = {"n_train": 12396, "n_valid": 2038, "source": "mnist", "split": "official",
-          "seed": 42, "device": "cpu", "threads": 2, "tensors": "0d1b82d4a813d029"}
-PRODUCED = "seed 42, cpu, 2 threads".split()
+          "seed": 42, "device": "cpu", "threads": 2, "kernels": "portable",
+          "tensors": "0d1b82d4a813d029"}
+PRODUCED = "seed 42, cpu, 2 threads, portable".split()
 TENSORS = {"path": "data/tensors", "hash": "md5", "md5": "6b7b8e2d5d1b.dir"}
 
 
@@ -77,7 +78,7 @@ def test_book_settings_get_the_books_figure_and_others_a_dash(tmp_path):
     write_run(tmp_path)
     rows = table(run_module(tmp_path, "stages.summary", check=True).stdout)
     assert rows == {"baseline (L1)": ["0.9514", "0.9511", "0.9511", "balanced", "cpu,", "2",
-                                      "threads"],
+                                      "threads,", "portable"],
                     "linear": ["0.9725", "0.9724", "0.9696", *PRODUCED],
                     "mlp": ["0.9828", "0.9828", "0.9828", *PRODUCED],
                     "cnn": "0.9966 0.9965 0.9970 (book: lr 0.1, batch_size 64)".split() + PRODUCED}
@@ -173,7 +174,7 @@ def test_models_produced_with_other_settings_are_called_out(tmp_path):
     write_yaml(tmp_path / "params.yaml", {"base": {"seed": 7, "device": "cpu",
                                                    "threads": "auto"}})
     output = run_module(tmp_path, "stages.summary", check=True).stdout
-    assert table(output)["mlp"][-4:] == ["7,", "cpu,", "2", "threads"]
+    assert table(output)["mlp"][-5:] == ["7,", "cpu,", "2", "threads,", "portable"]
     output = words(output)
     assert ("The models were not all produced with the same seed (linear, cnn: 42; mlp: 7). "
             "Rerun them together: `dvc repro`.") in output
@@ -186,6 +187,23 @@ def test_models_produced_with_other_settings_are_called_out(tmp_path):
     assert ("params.yaml now says base.threads: 1, but the models were produced with threads "
             "2; `dvc repro` reruns them with 1.") in output
     assert "not all produced" not in output
+
+
+def test_models_computed_with_native_kernels_are_called_out(tmp_path):
+    # `dvc exp run -S base.kernels=native -s train_mlp`: one model this CPU's own, beside
+    # portable ones, and params.yaml still saying portable.
+    write_run(tmp_path, mlp_settings={"kernels": "native"})
+    write_yaml(tmp_path / "params.yaml", {"base": {"seed": 42, "device": "cpu",
+                                                   "threads": "auto", "kernels": "portable"}})
+    output = run_module(tmp_path, "stages.summary", check=True).stdout
+    assert table(output)["mlp"][-1] == "native"
+    output = words(output)
+    assert ("The models were not all produced with the same kernels (baseline (L1), linear, "
+            "cnn: portable; mlp: native). Rerun them together: `dvc repro`.") in output
+    assert ("Computed with base.kernels: native, this CPU's own fastest kernels: mlp. Their "
+            "numbers are reproducible bit for bit on this kind of CPU only (another CPU gets "
+            "other last digits); for numbers every x86-64 CPU reproduces: `dvc exp run -S "
+            "base.kernels=portable`.") in output
 
 
 @pytest.mark.parametrize("file,text", [("dvc.lock", b"schema"), ("metrics/mlp.json", b"0.98")])

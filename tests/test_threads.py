@@ -65,7 +65,7 @@ def test_base_threads_is_validated(value, ok):
 def experiment(seed: int, accuracies: dict[str, float], digits=("3", "7")) -> Experiment:
     params = read_yaml(ROOT / "params.yaml", "params")
     params["base"]["seed"] = seed
-    data = {"source": "mnist", "split": "official", "threads": 1,
+    data = {"source": "mnist", "split": "official", "threads": 1, "kernels": "portable",
             "per_class": {d: 0.9 for d in digits}}
     metrics = {f"metrics/{name}.json": {**data, "accuracy": value}
                for name, value in accuracies.items() if name != "baseline"}
@@ -100,8 +100,9 @@ def test_summary_gives_mean_sd_range_and_the_book_per_model():
     assert summary.loc["cnn", "book"] == 0.997
     text = summary_markdown(summarise(study_frame(exps)))
     assert "| linear | accuracy | 3 | 0.9700 | 0.0100 | 0.9600 | 0.9800 | 0.9696 | yes |" in text
-    assert runs_markdown(study_frame(exps)).splitlines()[0] == (
-        "| seed | baseline_l1 | linear | mlp | cnn | threads |")
+    runs = runs_markdown(study_frame(exps)).splitlines()
+    assert runs[0] == "| seed | baseline_l1 | linear | mlp | cnn | threads | kernels |"
+    assert runs[2] == "| 0 | 0.9511 | 0.9700 | 0.9850 | 0.9960 | 1 | portable |"
 
 
 def test_summary_says_which_side_of_the_seeds_range_the_book_is_on():

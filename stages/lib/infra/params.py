@@ -50,6 +50,7 @@ class Base(_Section):
     seed: Annotated[StrictInt, Field(ge=0, lt=2**63)]
     device: Literal["cpu", "cuda", "auto"]
     threads: Annotated[Literal["auto"] | PositiveInt, PlainValidator(_auto_or_count)]
+    kernels: Literal["portable", "native"]  # which CPU kernels torch computes with (kernels.py)
 
 
 class Data(_Section):

@@ -95,28 +95,44 @@ def scores_edit(metrics: dict, recorded: dict | None) -> str | None:
 
 
 # What produced a model's numbers besides its params, as its metrics and checkpoint record it.
-SETTINGS = {"seed": "base.seed", "device": "base.device", "threads": "base.threads"}
+SETTINGS = {"seed": "base.seed", "device": "base.device", "threads": "base.threads",
+            "kernels": "base.kernels"}
+# The settings the baseline records too: it draws nothing at random and runs on the CPU.
+BASELINE_SETTINGS = ("threads", "kernels")
 
 
 def settings_text(metrics: dict) -> str:
-    """`seed 42, cpu, 2 threads`: a model's recorded settings in a table cell."""
+    """`seed 42, cpu, 2 threads, portable`: a model's recorded settings in a table cell."""
     parts = [f"seed {metrics['seed']}" if metrics.get("seed") is not None else None,
              metrics.get("device"),
              f"{metrics['threads']} thread{'s' if metrics['threads'] != 1 else ''}"
-             if metrics.get("threads") is not None else None]
+             if metrics.get("threads") is not None else None,
+             metrics.get("kernels")]
     return ", ".join(p for p in parts if p) or "not recorded"
+
+
+def native_kernels(metrics: dict[str, dict]) -> list[str]:
+    """A line when some models were computed with this CPU's own kernels: their last digits
+    are this kind of CPU's, which a clone elsewhere does not reproduce."""
+    native = [name for name, m in metrics.items() if m.get("kernels") == "native"]
+    if not native:
+        return []
+    return [f"Computed with base.kernels: native, this CPU's own fastest kernels: "
+            f"{', '.join(native)}. Their numbers are reproducible bit for bit on this kind of "
+            f"CPU only (another CPU gets other last digits); for numbers every x86-64 CPU "
+            f"reproduces: `dvc exp run -S base.kernels=portable`."]
 
 
 def mixed_settings(metrics: dict[str, dict], base: dict | None) -> list[str]:
     """A line for each setting the models were not all produced with alike, or that
     params.yaml (`base`, its base section now) no longer says: those numbers do not come
-    from one run of the params in view, and reruns would not reproduce them together."""
+    from one run of the params in view, and reruns would not reproduce them together. Then
+    native_kernels' line, if any."""
     lines = []
     for key, param in SETTINGS.items():
         groups: dict[object, list[str]] = {}
         for name, m in metrics.items():
-            # The baseline draws nothing at random, and runs on the CPU whatever the device.
-            if key == "threads" or not name.startswith("baseline"):
+            if key in BASELINE_SETTINGS or not name.startswith("baseline"):
                 groups.setdefault(m.get(key), []).append(name)
         said = (base or {}).get(param.split(".")[1])
         if len(groups) > 1:
@@ -129,7 +145,7 @@ def mixed_settings(metrics: dict[str, dict], base: dict | None) -> list[str]:
             value = next(iter(groups))
             lines.append(f"params.yaml now says {param}: {said}, but the models were produced "
                          f"with {key} {value}; `dvc repro` reruns them with {said}.")
-    return lines
+    return lines + native_kernels(metrics)
 
 
 def check_one_run(meta: dict, outputs: list[ModelOutputs], reader: str) -> None:

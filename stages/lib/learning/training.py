@@ -20,6 +20,7 @@ from ..data.tensors import Split, as_inputs, load_tensors
 from ..infra.device import resolve_device
 from ..infra.errors import UserError
 from ..infra.files import set_aside, together, write_json, write_text
+from ..infra.kernels import use_kernels
 from ..infra.params import Params
 from ..infra.provenance import metrics_origin
 from ..infra.threads import use_threads
@@ -69,8 +70,8 @@ def shuffling(shuffle: bool, seed: int) -> torch.Generator | None:
 
 
 class TrainingRun:
-    """One run of a training stage: `TrainingRun(stage, params)` sets torch's threads, picks
-    the device and loads the tensors; the recipe builds its Learner on `run.data`; inside
+    """One run of a training stage: `TrainingRun(stage, params)` sets torch's threads, checks
+    its kernels, picks the device and loads the tensors; the recipe builds its Learner on `run.data`; inside
     `with run.recorded(learner):` it fits and calls `run.save(learner, config)`."""
 
     def __init__(self, stage: str, params: Params):
@@ -79,6 +80,7 @@ class TrainingRun:
         self.seed = params.base.seed
         self.device = resolve_device(params.base.device)
         self.threads = use_threads(params.base.threads)
+        self.kernels = use_kernels(params.base.kernels)
         self.data = load_training_data(self.device)
         self.metrics: dict | None = None
 
@@ -105,7 +107,8 @@ class TrainingRun:
         m = self.metrics
         print(f"{self.stage}: accuracy {m['accuracy']}, balanced {m['balanced_accuracy']}, "
               f"per class {m['per_class']} ({seconds:.1f} s on {self.device}, "
-              f"{seconds / self.cfg.epochs:.2f} s/epoch, {self.threads})", file=sys.stderr)
+              f"{seconds / self.cfg.epochs:.2f} s/epoch, {self.threads}, {self.kernels})",
+              file=sys.stderr)
 
     def save(self, learner: Learner, config: dict) -> None:
         """models/<name>.pt (the weights, `config` to rebuild the model, how it was trained,
@@ -120,13 +123,14 @@ class TrainingRun:
 
     def settings(self) -> dict:
         """What produced these numbers besides the params: the seed, the device it ran on
-        (`auto` resolved) and the thread count (results are bit-identical only between runs
-        with the same three)."""
-        return {"seed": self.seed, "device": self.device.type, "threads": self.threads.count}
+        (`auto` resolved), the thread count and the kernels (results are bit-identical only
+        between runs with the same four)."""
+        return {"seed": self.seed, "device": self.device.type, "threads": self.threads.count,
+                "kernels": self.kernels.setting}
 
     def training_record(self, learner: Learner) -> dict:
         """What the checkpoint records of how the model was trained: the stage's params, the
-        seed, device, threads, loss and optimizer; for a scheduled fit, the schedule as
+        seed, device, threads, kernels, loss and optimizer; for a scheduled fit, the schedule as
         followed, one value per step, for the report to draw."""
         record = {**self.cfg.model_dump(exclude={"hidden"}), **self.settings(),
                   "loss": loss_name(learner.loss_fn), "optimizer": learner.opt.name}

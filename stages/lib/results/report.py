@@ -120,7 +120,7 @@ def data_table(meta: dict) -> str:
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
     keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd",
-            "input_mean", "input_std", "seed", "device", "threads")
+            "input_mean", "input_std", "seed", "device", "threads", "kernels")
     rows = []
     for r in results:
         if r.key in metrics:
@@ -133,7 +133,7 @@ def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
 def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, dict],
                     figures: dict[str, str], base: dict) -> str:
     """report.md; `base`: params.yaml's base section, to hold each model's recorded seed,
-    device and threads to."""
+    device, threads and kernels to."""
     book_note = ("The data are the book's, so its figures stand beside ours where the "
                  "settings are the book's too, with the book's named where ours differ (the "
                  "book sets no seed: trained models agree within about ±0.005)."

@@ -43,7 +43,7 @@ def seed_rows(exp: Experiment) -> list[dict]:
         figure = book_figure(model, settings, _data_of(metrics))
         rows.append({"experiment": exp.name, "seed": exp.params["base"]["seed"],
                      "model": model, "metric": metric, "value": metrics[metric],
-                     "threads": metrics.get("threads"),
+                     "threads": metrics.get("threads"), "kernels": metrics.get("kernels"),
                      "book": figure[metric] if figure else math.nan})
     return rows
 
@@ -77,11 +77,14 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 
 def runs_markdown(runs: pd.DataFrame) -> str:
-    """Every seed's value per model, one row per seed, with the thread counts its stages ran
-    with (results are bit-identical only for the same count)."""
+    """Every seed's value per model, one row per seed, with the thread counts and kernels its
+    stages ran with (results are bit-identical only for the same of both)."""
     wide = runs.pivot_table(index="seed", columns="model", values="value", sort=False)
     wide = wide[[m for m in MODELS if m in wide.columns]]
-    threads = runs.groupby("seed")["threads"].agg(lambda t: ", ".join(map(str, sorted(set(t)))))
-    return markdown_table(["seed", *wide.columns, "threads"],
-                          [[seed, *(f"{v:.4f}" for v in row), threads[seed]] for seed, row in
-                           zip(wide.index, wide.itertuples(index=False))])
+    ran_with = {column: runs.groupby("seed")[column].agg(
+        lambda values: ", ".join(map(str, sorted(set(values), key=str))))
+        for column in ("threads", "kernels")}
+    return markdown_table(["seed", *wide.columns, *ran_with],
+                          [[seed, *(f"{v:.4f}" for v in row),
+                            *(column[seed] for column in ran_with.values())]
+                           for seed, row in zip(wide.index, wide.itertuples(index=False))])
