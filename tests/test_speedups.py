@@ -10,8 +10,8 @@ from torch import nn
 from stages.lib.learning.models import build_model
 from stages.lib.learning.optim import Adam
 from stages.lib.learning.predictions import batched_logits
-from stages.lib.learning.speedups import (FusedAdam, PaddingSkippingConv2d, skip_padding_taps,
-                                          speed_up)
+from stages.lib.learning.speedups import (FusedAdam, PaddingSkippingConv2d, channels_last,
+                                          skip_padding_taps, speed_up)
 from tests.test_optim import cnn_learner
 
 
@@ -52,13 +52,34 @@ def test_resnet18_keeps_its_weights_and_keys_with_padding_skipped():
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_a_sped_up_cnn_answers_as_the_plain_one():
-    """What the report and predict rebuild (plain convs) answers as the model trained."""
+def test_channels_last_keeps_the_parameters_their_values_and_keys():
+    torch.manual_seed(0)
+    model = build_model({"kind": "cnn", "n_outputs": 2})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [id(p) for p in model.parameters()]
+    channels_last(model)
+    assert [id(p) for p in model.parameters()] == params  # the optimizer's, untouched
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    # Every conv after the first then gets NHWC images (the first's grey input is both).
+    seen = []
+    for conv in convs[1:]:
+        conv.register_forward_pre_hook(lambda m, args: seen.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)))
+    model(torch.rand(4, 784))
+    assert seen and all(seen)
+
+
+@pytest.mark.parametrize("speed_up_model", [skip_padding_taps, channels_last])
+def test_a_sped_up_cnn_answers_as_the_plain_one(speed_up_model):
+    """What the report and predict rebuild (plain convs, NCHW) answers as the model trained."""
     torch.manual_seed(0)
     plain = build_model({"kind": "cnn", "n_outputs": 2}).eval()
     fast = build_model({"kind": "cnn", "n_outputs": 2}).eval()
     fast.load_state_dict(plain.state_dict())
-    skip_padding_taps(fast)
+    speed_up_model(fast)
     x = torch.rand(64, 784)
     torch.testing.assert_close(batched_logits(fast, x), batched_logits(plain, x),
                                rtol=1e-5, atol=1e-5)
@@ -112,11 +133,20 @@ def test_speed_up_is_refused_after_the_first_step():
 
 def test_a_cnn_fit_with_and_without_the_speed_ups_ends_alike():
     """One short one-cycle fit of the same resnet18 both ways: the same weights but for
-    float rounding."""
+    float rounding. Adam turns a rounding-size gradient into a full step, so single weights
+    may part by a step's size; each tensor as a whole must stay within 1% of how far the
+    fit moved it."""
+    start = {k: v.clone() for k, v in cnn_learner().model.state_dict().items()}
     ends = []
     for fast in (False, True):
         learner = cnn_learner(fast=fast)
         learner.fit_one_cycle(1, 1e-3)
         ends.append(learner.model.state_dict())
-    for key, value in ends[0].items():
-        torch.testing.assert_close(ends[1][key], value, rtol=1e-3, atol=1e-5)
+    plain, fast = ends
+    for key, value in plain.items():
+        if value.is_floating_point():
+            moved = (value - start[key]).norm()
+            assert moved > 0, key
+            assert (fast[key] - value).norm() <= 0.01 * moved, key
+        else:
+            assert torch.equal(fast[key], value), key
