@@ -29,6 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("stage", help=f"one of {', '.join(TRAINING_STAGES)}")
     parser.add_argument("--num-it", type=int, default=NUM_IT,
                         help=f"batches in the sweep (default {NUM_IT})")
+    parser.add_argument("--end-lr", type=float, default=END_LR,
+                        help=f"the learning rate the sweep ends at (default {END_LR:g}; it "
+                             f"starts at {START_LR:g})")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the plot (default lr_find/STAGE.png)")
     args = parser.parse_args(argv)
@@ -37,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.num_it < MIN_NUM_IT:
         parser.error(f"--num-it must be at least {MIN_NUM_IT}: fewer leave too few points to "
                      f"suggest a learning rate from (fastai sweeps {NUM_IT})")
+    if not START_LR < args.end_lr < float("inf"):
+        parser.error(f"--end-lr {args.end_lr:g}: must be above the start, {START_LR:g}")
     if args.out is not None and args.out.suffix.lower() != ".png":
         parser.error(f"--out {args.out}: the plot is written as PNG; give a path ending in .png")
     return args
@@ -49,7 +54,7 @@ def main(argv: list[str]) -> None:
     recipe = importlib.import_module(f"stages.{args.stage}")
     learner, _ = recipe.learner(params, TrainingRun(args.stage, params).data, log=None)
     cfg = getattr(params, args.stage)
-    found = lr_find(learner, START_LR, END_LR, args.num_it)
+    found = lr_find(learner, START_LR, args.end_lr, args.num_it)
     figures.lr_find_plot(found.lrs, found.losses, found.suggestion, found.suggestion_loss,
                          f"{args.stage} (batch size {cfg.batch_size})", out)
     print(f"lr_find {args.stage}: {len(found.lrs)} batches from lr {START_LR:g} to "

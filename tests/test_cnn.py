@@ -67,11 +67,16 @@ def test_cnn_params_are_validated(book_project, tmp_path):
     assert "train_cnn.wd: Input should be greater than or equal to 0" in result.stderr
 
 
-@pytest.mark.parametrize("stage", ["train_mlp", "train_cnn"])
-def test_lr_find_prints_a_suggestion_and_writes_a_plot(book_project, tmp_path, stage):
+# Sweeps that end well below where each model's loss blows up (the CNN's Adam near lr 1, the
+# MLP's SGD near 10), so that no CPU's rounding or thread count can stop them early: a sweep
+# to fastai's 10 stops the CNN after 26 to 30 of 30 batches, and 27 are needed.
+@pytest.mark.parametrize("stage,end_lr", [("train_mlp", "1"), ("train_cnn", "0.01")])
+def test_lr_find_prints_a_suggestion_and_writes_a_plot(book_project, tmp_path, stage, end_lr):
     project = copy_project(book_project[0], tmp_path / "copy", commit=False)
-    result = run_module(project, "stages.lr_find", stage, "--num-it", "30", check=True)
-    assert f"lr_find {stage}:" in result.stdout and "valley suggests lr" in result.stdout
+    result = run_module(project, "stages.lr_find", stage, "--num-it", "30", "--end-lr", end_lr,
+                        check=True)
+    assert f"lr_find {stage}: 30 batches from lr 1e-07 to {end_lr};" in result.stdout
+    assert "valley suggests lr" in result.stdout
     assert f"dvc exp run -S {stage}.lr=" in result.stdout
     with Image.open(project / "lr_find" / f"{stage}.png") as png:
         assert png.format == "PNG" and png.width >= 400

@@ -181,8 +181,13 @@ def test_lr_find_smooths_with_a_bias_corrected_average():
 
 def test_lr_find_that_diverges_at_once_is_a_clear_error():
     learner = noisy_learner()
-    with pytest.raises(UserError, match="too few to suggest"):
+    with pytest.raises(UserError) as error:
         lr_find(learner, start_lr=1e6, end_lr=1e9, num_it=100)
+    message = str(error.value)
+    assert message.startswith("the loss diverged after ")
+    assert ": once the first tenth and the last 5 are dropped, " in message
+    assert "too few to suggest a learning rate from (it takes 20); sweep more batches " \
+           "(--num-it 100) or stop lower (--end-lr " in message
 
 
 # --- the CNN ------------------------------------------------------------------------------------
@@ -290,7 +295,9 @@ def test_basic_optim_state_round_trip():
 @pytest.mark.parametrize("args,message", [
     (["--num-it", "10"], "--num-it must be at least 30: fewer leave too few points"),
     (["--out", "plot.pdf"], "--out plot.pdf: the plot is written as PNG; give a path ending "
-                            "in .png")])
+                            "in .png"),
+    (["--end-lr", "1e-8"], "--end-lr 1e-08: must be above the start, 1e-07"),
+    (["--end-lr", "nan"], "--end-lr nan: must be above the start, 1e-07")])
 def test_lr_find_refuses_a_sweep_too_short_and_a_plot_it_would_mislabel(args, message, capsys):
     from stages.lr_find import parse_args
 

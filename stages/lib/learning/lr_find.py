@@ -90,11 +90,11 @@ def lr_find(learner: Learner, start_lr: float = START_LR, end_lr: float = END_LR
     finite = next((i for i, (_, loss) in enumerate(kept) if not math.isfinite(loss)), len(kept))
     kept = kept[:finite]
     if len(kept) < MIN_POINTS:
-        why = (f"the loss diverged after {len(lrs)} of {num_it} batches"
-               if len(lrs) < num_it else f"a sweep of {num_it} batches")
-        raise UserError(f"{why} leaves {len(kept)} points once the first tenth and the last "
-                        f"5 are dropped, too few to suggest a learning rate from (it takes "
-                        f"{MIN_POINTS}); sweep more batches (--num-it {NUM_IT}) or a smaller "
-                        f"end_lr")
+        why = (f"the loss diverged after {len(lrs)} of {num_it} batches (at lr "
+               f"{lrs[-1]:.3g})" if len(lrs) < num_it else f"the sweep took {num_it} batches")
+        raise UserError(f"{why}: once the first tenth and the last 5 are dropped, "
+                        f"{len(kept)} points are left, too few to suggest a learning rate from "
+                        f"(it takes {MIN_POINTS}); sweep more batches (--num-it {NUM_IT}) or "
+                        f"stop lower (--end-lr {lrs[-1] / 10:.2g})")
     index = valley([lr for lr, _ in kept], [loss for _, loss in kept])
     return LRFind(lrs, losses, kept[index][0], kept[index][1])
