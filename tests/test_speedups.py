@@ -39,30 +39,28 @@ def test_padding_skipping_conv_is_the_same_conv(size, stride, in_ch, skips):
         assert torch.equal(outputs[1], outputs[0])  # not skipping: nn.Conv2d's own result
 
 
-def test_resnet18_keeps_its_weights_and_keys_with_padding_skipped():
+@pytest.mark.parametrize("speed_up_model", [skip_padding_taps, channels_last])
+def test_resnet18_keeps_its_parameters_weights_and_keys(speed_up_model):
     torch.manual_seed(0)
     model = build_model({"kind": "cnn", "n_outputs": 2})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [id(p) for p in model.parameters()]
-    skip_padding_taps(model)
+    speed_up_model(model)
+    assert [id(p) for p in model.parameters()] == params  # the optimizer's, untouched
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_padding_skipping_swaps_every_conv():
+    model = skip_padding_taps(build_model({"kind": "cnn", "n_outputs": 2}))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 20 and all(type(m) is PaddingSkippingConv2d for m in convs)
-    assert [id(p) for p in model.parameters()] == params  # the optimizer's, untouched
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_channels_last_keeps_the_parameters_their_values_and_keys():
-    torch.manual_seed(0)
-    model = build_model({"kind": "cnn", "n_outputs": 2})
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    params = [id(p) for p in model.parameters()]
-    channels_last(model)
-    assert [id(p) for p in model.parameters()] == params  # the optimizer's, untouched
+def test_channels_last_gives_every_conv_nhwc_weights_and_images():
+    model = channels_last(build_model({"kind": "cnn", "n_outputs": 2}))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     # Every conv after the first then gets NHWC images (the first's grey input is both).
     seen = []
     for conv in convs[1:]:

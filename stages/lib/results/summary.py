@@ -81,7 +81,7 @@ def check_same_tensors(stages: dict, metrics: dict[str, dict]) -> None:
 def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
     """The data the models saw (meta) and one row per model: name, accuracy, balanced
     accuracy, the book's figure ("—" where the settings are not the book's), and the seed,
-    device and threads that produced it."""
+    device, threads and kernels that produced it."""
     metrics = {stage: recorded_metrics(stages, stage, path) for _, stage, path, _ in MODELS}
     check_same_tensors(stages, metrics)
     first = metrics["baseline"]
