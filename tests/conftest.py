@@ -23,7 +23,6 @@ pin("portable")
 
 import torch  # noqa: E402 - after the kernels are pinned
 
-from stages.lib.infra.experiments import BOOK_DATA  # noqa: E402
 from stages.lib.infra.threads import ENV_VAR, available_cores  # noqa: E402
 from tests.helpers import (ROOT, SHARED_MNIST, TEN_DIGITS_5K, committed_threads,  # noqa: E402
                            copy_project, run_pipeline_project, serve_folder)
@@ -70,9 +69,10 @@ def shared_run(root: Path, name: str, build: Callable[[Path], subprocess.Complet
 
 
 def build_book(project: Path, mirror_url: str) -> subprocess.CompletedProcess:
-    # With the thread count of the committed dvc.lock, so that test_pipeline can hold this
-    # run to it, bit for bit.
-    return run_pipeline_project(project, BOOK_DATA, mirrors=mirror_url,
+    # A fresh clone's run: the committed params.yaml as it is (data.source auto finds real
+    # MNIST at the mirror) and the thread count of the committed dvc.lock, so that
+    # test_pipeline can hold this run to it, bit for bit.
+    return run_pipeline_project(project, {}, mirrors=mirror_url,
                                 OMP_NUM_THREADS=str(committed_threads()))
 
 

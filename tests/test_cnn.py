@@ -75,7 +75,9 @@ def test_lr_find_prints_a_suggestion_and_writes_a_plot(book_project, tmp_path, s
     project = copy_project(book_project[0], tmp_path / "copy", commit=False)
     result = run_module(project, "stages.lr_find", stage, "--num-it", "30", "--end-lr", end_lr,
                         check=True)
-    assert f"lr_find {stage}: 30 batches from lr 1e-07 to {end_lr};" in result.stdout
+    # fastai's schedule: batch i of n at start * (end / start) ** (i / n), the last short of end.
+    last_lr = 1e-7 * (float(end_lr) / 1e-7) ** (29 / 30)
+    assert f"lr_find {stage}: 30 batches from lr 1e-07 to {last_lr:.3g};" in result.stdout
     assert "valley suggests lr" in result.stdout
     assert f"dvc exp run -S {stage}.lr=" in result.stdout
     with Image.open(project / "lr_find" / f"{stage}.png") as png:

@@ -120,16 +120,15 @@ def outputs_by_stage(lock: Path) -> dict[str, dict[str, str]]:
 
 
 def test_a_fresh_run_computes_the_committed_dvc_lock(book_project):
-    """This machine's run on real MNIST, at the committed thread count (conftest), gives
-    every output the committed dvc.lock records, and the committed metrics byte for byte:
-    the portable kernels at work (stages/lib/infra/kernels.py). The download's own output
-    records the data.source asked for (the tests ask for `mnist`, params.yaml for `auto`)."""
+    """This machine's run of the committed params on real MNIST, at the committed thread
+    count (conftest), gives every output the committed dvc.lock records, and the committed
+    metrics byte for byte: the portable kernels at work (stages/lib/infra/kernels.py)."""
     project, _ = book_project
     ours, committed = outputs_by_stage(project / "dvc.lock"), outputs_by_stage(ROOT / "dvc.lock")
     assert ours.keys() == committed.keys()
     moved = {stage: sorted(path for path in committed[stage]
                            if ours[stage].get(path) != committed[stage][path])
-             for stage in committed if stage != "download"}
+             for stage in committed}
     moved = {stage: paths for stage, paths in moved.items() if paths}
     assert not moved, (
         f"this run's outputs differ from the committed dvc.lock's: {moved}. If a change of "
