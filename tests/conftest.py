@@ -17,7 +17,7 @@ import pytest
 
 # The tests hold the portable kernels to what they compute on every CPU, whatever params.yaml
 # says: pinned before torch loads (stages/lib/infra/kernels.py).
-from stages.lib.infra.kernels import pin
+from stages.lib.infra.kernels import cpu_name, pin
 
 pin("portable")
 
@@ -104,6 +104,12 @@ def _waits_for(item) -> tuple[int, bool]:
     fixtures = item.fixturenames
     shared = 2 if "book_project" in fixtures else 1 if "ten_digit_project" in fixtures else 0
     return shared, item.get_closest_marker("long") is None
+
+
+def pytest_report_header(config):
+    """Every run names its CPU: the real-data tests hold this machine to the committed bits,
+    so a run's output says which CPU passed (or failed) them."""
+    return f"cpu: {cpu_name()}, {available_cores()} cores; kernels pinned: portable"
 
 
 def pytest_itemcollected(item):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stages.lib.infra.errors import UserError
-from stages.lib.infra.kernels import (PORTABLE_ENV, PORTABLE_IN_EFFECT, check_setting,
+from stages.lib.infra.kernels import (PORTABLE_ENV, PORTABLE_IN_EFFECT, check_setting, cpu_name,
                                       kernels_in_effect, kernels_setting, pin, portable_problem,
                                       use_kernels)
 from tests.helpers import (ROOT, make_project, read_json, run, set_params, stages_run,
@@ -83,6 +83,13 @@ def test_a_cpu_without_avx2_is_told_to_use_native():
     else:
         with pytest.raises(UserError, match="set base.kernels: native in params.yaml"):
             check_setting("portable")
+
+
+def test_the_cpu_is_named_with_its_widest_vector_instructions():
+    haswell = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz\n" + HASWELL_FLAGS
+    assert cpu_name(haswell) == "Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz (AVX2)"
+    assert cpu_name(haswell.replace(" avx2", " avx2 avx512f")).endswith(" (AVX-512)")
+    assert cpu_name("model name\t: Old\nflags\t\t: fpu sse2\n") == "Old"
 
 
 def test_kernels_pinned_after_torch_computed_are_refused(tmp_path):

@@ -10,6 +10,7 @@ gives these gives the committed dvc.lock (docs/performance.md: the CPUs it has p
 
     python -m tools.fingerprints               # exit 1 when a fingerprint differs
     python -m tools.fingerprints --threads 2   # only at 2 threads (default: 1, 2, 3, 4)
+    python -m tools.fingerprints --models cnn  # only the CNN (default: all four models)
     qemu-x86_64 -cpu Haswell-v4 .venv/bin/python -m tools.fingerprints --threads 1 2
                                                # as an Intel Haswell (apt: qemu-user)
     python -m tools.fingerprints --write       # record this CPU's (after a change of
@@ -24,7 +25,6 @@ pin("portable")  # before torch loads: the committed fingerprints are the portab
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from stages import train_cnn, train_linear, train_mlp  # noqa: E402
 from stages.lib.data.tensors import Split, as_inputs, tensors_fingerprint  # noqa: E402
 from stages.lib.infra.files import fingerprint, write_text  # noqa: E402
-from stages.lib.infra.kernels import use_kernels  # noqa: E402
+from stages.lib.infra.kernels import cpu_name, use_kernels  # noqa: E402
 from stages.lib.infra.params import Params, validate_params  # noqa: E402
 from stages.lib.learning.predictions import batched_logits  # noqa: E402
 from stages.lib.learning.similarity import DISTANCES, class_distances, class_means  # noqa: E402
@@ -44,6 +44,7 @@ from stages.lib.learning.training import TrainingData  # noqa: E402
 COMMITTED = Path(__file__).with_suffix(".json")
 THREADS = (1, 2, 3, 4)
 RECIPES = {"linear": train_linear, "mlp": train_mlp, "cnn": train_cnn}
+MODELS = ("baseline", *RECIPES)
 N_TRAIN, N_VALID = 256, 64
 DIGITS = [3, 7]
 # The book's settings (params.yaml's) for tiny data: two epochs of a few batches each.
@@ -82,14 +83,19 @@ def tensor_bytes(tensors: Iterator[torch.Tensor]) -> Iterator[bytes]:
         yield tensor.detach().contiguous().numpy().tobytes()
 
 
-def model_fingerprints(params: Params, data: TrainingData) -> dict[str, str]:
-    """Each model as its stage computes it, trained on `data`: a fingerprint of its weights
-    (and BatchNorm statistics) and of its validation logits (the baseline: its mean images
-    and its distances)."""
-    means = class_means(data.train.images, data.train.targets, len(DIGITS))
-    found = {"baseline": fingerprint(tensor_bytes(
-        [means, *(class_distances(data.valid.images, means, kind) for kind in DISTANCES)]))}
+def model_fingerprints(params: Params, data: TrainingData,
+                       models: tuple[str, ...] = MODELS) -> dict[str, str]:
+    """Each of `models` as its stage computes it, trained on `data`: a fingerprint of its
+    weights (and BatchNorm statistics) and of its validation logits (the baseline: its mean
+    images and its distances)."""
+    found = {}
+    if "baseline" in models:
+        means = class_means(data.train.images, data.train.targets, len(DIGITS))
+        found["baseline"] = fingerprint(tensor_bytes(
+            [means, *(class_distances(data.valid.images, means, kind) for kind in DISTANCES)]))
     for name, recipe in RECIPES.items():
+        if name not in models:
+            continue
         learner, _ = recipe.learner(params, data, log=None)
         cfg = getattr(params, f"train_{name}")
         if name == "cnn":
@@ -102,24 +108,13 @@ def model_fingerprints(params: Params, data: TrainingData) -> dict[str, str]:
     return found
 
 
-def compute(threads: list[int]) -> dict[str, dict[str, str]]:
+def compute(threads: list[int], models: tuple[str, ...] = MODELS) -> dict[str, dict[str, str]]:
     params, data = validate_params(PARAMS), tiny_data()
     found = {}
     for count in threads:
         torch.set_num_threads(count)
-        found[str(count)] = model_fingerprints(params, data)
+        found[str(count)] = model_fingerprints(params, data, models)
     return found
-
-
-def cpu_name() -> str:
-    """The CPU as the OS names it (under qemu-user: the host's, not the emulated one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def compare(found: dict, committed: dict) -> list[str]:
@@ -135,12 +130,17 @@ def main(argv: list[str]) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=list(THREADS),
                         help="thread counts to train at (default: 1 2 3 4)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="the models to train (default: all four)")
     parser.add_argument("--write", action="store_true",
                         help=f"record this CPU's fingerprints in {COMMITTED.name}")
     parser.add_argument("--json", action="store_true", help="print the fingerprints as JSON")
     args = parser.parse_args(argv)
+    if args.write and (set(args.models) != set(MODELS) or set(args.threads) != set(THREADS)):
+        parser.error(f"--write records every model at every thread count: leave out --models "
+                     f"and --threads")
     kernels = use_kernels("portable")
-    found = compute(args.threads)
+    found = compute(args.threads, tuple(args.models))
     if args.json:
         print(json.dumps(found, indent=2))
     if args.write:

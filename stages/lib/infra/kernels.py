@@ -89,18 +89,40 @@ def pin_for_project() -> None:
     pin(kernels_setting())
 
 
+def _cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def _cpu_field(cpuinfo: str, name: str) -> str | None:
+    found = re.search(rf"^{name}\s*:(.*)$", cpuinfo, re.M)
+    return found.group(1).strip() if found else None
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU as the OS names it, with its widest vector instructions, e.g. "AMD EPYC
+    (AVX-512)": what every measurement and every run of the tests names. Under qemu-user it
+    is the host's, not the emulated CPU's."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    name = (cpuinfo and _cpu_field(cpuinfo, "model name")) or platform.processor() \
+        or platform.machine()
+    flags = set(((cpuinfo and _cpu_field(cpuinfo, "flags")) or "").split())
+    widest = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                   if flag in flags), None)
+    return f"{name} ({widest})" if widest else name
+
+
 def portable_problem(machine: str | None = None, cpuinfo: str | None = None) -> str | None:
     """Why this CPU cannot run the portable kernels (None: it can)."""
     machine = machine or platform.machine()
     if machine not in ("x86_64", "AMD64"):
         return f"they are x86-64 kernels and this CPU is {machine}"
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None  # no way to tell here: the libraries' own report decides
-    found = re.search(r"^flags\s*:(.*)$", cpuinfo, re.M)
-    flags = set(found.group(1).split()) if found else set()
+        return None  # no way to tell here: the libraries' own report decides
+    flags = set((_cpu_field(cpuinfo, "flags") or "").split())
     missing = [flag for flag in PORTABLE_CPU_FLAGS if flag not in flags]
     return f"this CPU lacks {' and '.join(flag.upper() for flag in missing)}" if missing else None
 
