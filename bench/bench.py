@@ -1,7 +1,8 @@
 """Benchmark: our Learner against the chapter's DataLoader loop, our resnet18 epoch against the
 book's fastai code, training FLOP/s against a large matmul, cold / no-op `dvc repro` per
 stage for MNIST 3/7 and for all ten digits (whose accuracies must reach those
-docs/experiments.md gives), and a 4-experiment sweep through DVC's queue at -j 1 and -j 2.
+docs/experiments.md gives), each training stage with the portable and the native kernels
+(base.kernels), and a 4-experiment sweep through DVC's queue at -j 1 and -j 2.
 
 Runs offline on real MNIST from ../shared/mnist (or the folder/URL in MNIST_MIRRORS), in
 temp copies of the project. Prints a table and writes bench/results/bench.json.
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,12 +37,13 @@ import torch
 
 from stages.lib.data.tensors import as_inputs, load_split
 from stages.lib.infra.experiments import BOOK_DATA, DVC, TEN_DIGITS, TEN_DIGITS_FLOORS
+from stages.lib.infra.kernels import cpu_name, kernels_setting, pin, use_kernels
 from stages.lib.learning.learner import Learner
 from stages.lib.learning.losses import mnist_loss
 from stages.lib.learning.models import build_model, init_params
 from stages.lib.learning.optim import BasicOptim
 from stages.lib.learning.predictions import predict
-from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder
+from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder, set_params
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
 STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "train_cnn",
@@ -56,10 +59,8 @@ _PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:
 # --- the machine -------------------------------------------------------------------------------
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "kernels": str(use_kernels(kernels_setting())),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -167,6 +168,44 @@ def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
             "accuracy": {"baseline_l1": metrics["baseline"]["l1"]["accuracy"],
                          "linear": metrics["linear"]["accuracy"],
                          "mlp": metrics["mlp"]["accuracy"], "cnn": metrics["cnn"]["accuracy"]}}
+
+
+# --- the kernels: portable against native ----------------------------------------------------
+
+TRAINING_STAGES = ("train_linear", "train_mlp", "train_cnn")
+KERNEL_RUNS = 3  # of each stage with each setting, taken in turn
+# What a training stage prints of its own work: "(25.1 s on cpu, ...": the fit and the save.
+_OWN_SECONDS = re.compile(r"\(([\d.]+) s on \w+, ")
+
+
+def stage_run(project: Path, stage: str, kernels: str, env: dict) -> tuple[float, float]:
+    """`python -m stages.<stage>` with base.kernels set so: its wall seconds (starting Python,
+    torch and the rest included) and the seconds it prints for its own work."""
+    set_params(project, {"base.kernels": kernels})
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{stage} with {kernels} kernels failed:\n{result.stderr[-3000:]}")
+    return seconds, float(_OWN_SECONDS.search(result.stderr).group(1))
+
+
+def kernels_cost(project: Path, env: dict) -> list[dict]:
+    """Each training stage run alone with the portable and the native kernels, the two
+    settings in turn (a drift in the machine's speed touches both alike): the medians."""
+    rows = []
+    for stage in TRAINING_STAGES:
+        runs: dict[str, list[tuple[float, float]]] = {"portable": [], "native": []}
+        for _ in range(KERNEL_RUNS):
+            for kernels, timed in runs.items():
+                timed.append(stage_run(project, stage, kernels, env))
+        row = {"stage": stage, "runs": KERNEL_RUNS}
+        for kernels, timed in runs.items():
+            row[f"{kernels}_s"] = statistics.median(wall for wall, _ in timed)
+            row[f"{kernels}_own_s"] = statistics.median(own for _, own in timed)
+        rows.append(row)
+    return rows
 
 
 # --- a sweep through DVC's queue ---------------------------------------------------------------
@@ -297,10 +336,13 @@ def write_mnist_sample(tensors_dir: Path, folder: Path) -> Path:
 
 
 def fastai_cnn_epoch(tensors_dir: Path, workdir: Path) -> dict:
+    """The book's code as a reader runs it: with the kernels torch picks for this CPU (this
+    process pinned its own, which a child would inherit), against ours in bench's setting."""
     sample = write_mnist_sample(tensors_dir, workdir / "mnist_sample")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    pin("native", env)
     result = subprocess.run([str(fastai_python()), str(ROOT / "bench" / "fastai_cnn.py"),
-                             str(sample)], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                             str(sample)], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"the fastai run failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -311,7 +353,8 @@ def fastai_cnn_epoch(tensors_dir: Path, workdir: Path) -> dict:
 def print_report(results: dict) -> None:
     m = results["machine"]
     print(f"\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-          f"({m['torch_threads']} threads), Python {m['python']}, GPU: {m['gpu'] or 'none'}")
+          f"({m['torch_threads']} threads, {m['kernels']}), Python {m['python']}, "
+          f"GPU: {m['gpu'] or 'none'}")
     print("\nTraining on real MNIST 3/7, same init, loss, lr, epochs, batch 256, no shuffling")
     print(f"{'model':<8}{'ours s/epoch':>14}{'book s/epoch':>14}{'speedup':>9}"
           f"{'GFLOP/s':>10}{'of mm':>8}  same final weights")
@@ -324,12 +367,22 @@ def print_report(results: dict) -> None:
         ours, book = results["cnn"]["ours"], results["cnn"].get("fastai")
         print("\nresnet18, one epoch of fit_one_cycle(1, lr) on MNIST 3/7")
         print(f"{'':<22}{'seconds':>9}{'batch':>7}{'lr':>7}{'accuracy':>10}{'wrong':>7}")
-        for label, row in (("ours (train_cnn)", ours), ("fastai, book's code", book)):
+        for label, row in (("ours (train_cnn)", ours), ("fastai, native kernels", book)):
             if row:
                 print(f"{label:<22}{row['seconds']:>9.1f}{row['batch_size']:>7}{row['lr']:>7g}"
                       f"{row['accuracy']:>10.4f}{row['wrong']:>7}")
         if book:
             print(f"speed-up: {book['seconds'] / ours['seconds']:.2f}x")
+    if "kernels" in results:
+        print(f"\nEach training stage alone (`python -m stages.NAME`, MNIST 3/7), base.kernels "
+              f"portable and native in turn, median of {KERNEL_RUNS} runs each")
+        print(f"{'stage':<14}{'portable, s':>13}{'native, s':>11}{'portable/native':>17}"
+              f"{'its own work: portable, s':>28}{'native, s':>11}{'portable/native':>17}")
+        for row in results["kernels"]:
+            print(f"{row['stage']:<14}{row['portable_s']:>13.1f}{row['native_s']:>11.1f}"
+                  f"{row['portable_s'] / row['native_s']:>16.2f}x"
+                  f"{row['portable_own_s']:>28.1f}{row['native_own_s']:>11.1f}"
+                  f"{row['portable_own_s'] / row['native_own_s']:>16.2f}x")
     if "sweeps" in results:
         print("\nA sweep of 4 experiments (train_mlp.lr varied) by `dvc exp run --run-all -j N`; "
               f"thread policy: base.threads auto ({THREAD_POLICY})")
@@ -374,6 +427,11 @@ def main() -> None:
         for slug, label, params in runs:
             print(f"bench: cold dvc repro, {label} ...", file=sys.stderr)
             results["pipelines"].append(pipeline(params, mirror, workdir / slug, label))
+
+        print("bench: each training stage with portable and native kernels ...", file=sys.stderr)
+        kernels_project = workdir / "mnist37" / "kernels"
+        shutil.copytree(workdir / "mnist37" / "whole", kernels_project, symlinks=True)
+        results["kernels"] = kernels_cost(kernels_project, bench_env(mirror))
 
         print("bench: a 4-experiment sweep through DVC's queue, -j 1 then -j 2 ...",
               file=sys.stderr)

@@ -5,9 +5,10 @@ of train_cnn's resnet18 at its batch size, plain and with each speed-up, on this
     python -m bench.speedups --steps 50
 
 Each configuration trains its own resnet18 from the same init on the same batch (random
-pixels: the time of a step does not depend on them); the four take steps in turn, after 10
+pixels: the time of a step does not depend on them); the five take steps in turn, after 10
 warm-up steps each, so that a drift in the machine's speed touches them alike. The optimizer's
-step is also timed alone. Run it with the machine otherwise idle.
+step is also timed alone. Run it with the machine otherwise idle; it computes with the kernels
+params.yaml's base.kernels names (stages/__init__.py pins them), and says which.
 """
 
 from __future__ import annotations
@@ -17,28 +18,33 @@ import time
 
 import torch
 
+from stages.lib.infra.kernels import kernels_setting, use_kernels
 from stages.lib.learning.losses import cross_entropy_loss
 from stages.lib.learning.models import build_model
 from stages.lib.learning.optim import Adam
-from stages.lib.learning.speedups import FusedAdam, skip_padding_taps
+from stages.lib.learning.speedups import FusedAdam, channels_last, skip_padding_taps
 
 BATCH = 128  # train_cnn.batch_size in params.yaml
 WARM_UP = 10
 
 
-CONFIGURATIONS = (("plain (the chapter's code)", False, False),
-                  ("+ PaddingSkippingConv2d", False, True),
-                  ("+ FusedAdam", True, False),
-                  ("both (train_cnn)", True, True))
+# (label, FusedAdam, PaddingSkippingConv2d, channels-last)
+CONFIGURATIONS = (("plain (the chapter's code)", False, False, False),
+                  ("+ PaddingSkippingConv2d", False, True, False),
+                  ("+ FusedAdam", True, False, False),
+                  ("+ channels-last", False, False, True),
+                  ("all three (train_cnn)", True, True, True))
 
 
-def training_step(fused: bool, skip_padding: bool):
+def training_step(fused: bool, skip_padding: bool, nhwc: bool):
     """A function doing one training step of a fresh resnet18 set up so; it returns the
     seconds of the whole step and of the optimizer's step."""
     torch.manual_seed(0)
     model = build_model({"kind": "cnn", "n_outputs": 2}).train()
     if skip_padding:
         skip_padding_taps(model)
+    if nhwc:
+        channels_last(model)
     opt = Adam(model, lr=0.005, wd=0.01)
     opt = FusedAdam(opt) if fused else opt
     generator = torch.Generator().manual_seed(0)
@@ -64,7 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per configuration")
     steps = parser.parse_args().steps
-    runs = [training_step(fused, skip) for _, fused, skip in CONFIGURATIONS]
+    kernels = use_kernels(kernels_setting())
+    runs = [training_step(*flags) for _, *flags in CONFIGURATIONS]
     times: list[list[tuple[float, float]]] = [[] for _ in runs]
     # Round robin, one step of each configuration in turn: a machine whose speed drifts
     # over minutes slows them all alike.
@@ -74,10 +81,10 @@ def main() -> None:
             if i >= WARM_UP:
                 timed.append(seconds)
     print(f"resnet18 (train_cnn's), batch {BATCH}, {torch.get_num_threads()} threads, "
-          f"median of {steps} steps, taken in turn")
+          f"{kernels}, median of {steps} steps, taken in turn")
     print(f"{'configuration':<34}{'step, ms':>10}{'optimizer, ms':>15}{'vs plain':>10}")
     plain = median([whole for whole, _ in times[0]])
-    for (label, _, _), timed in zip(CONFIGURATIONS, times):
+    for (label, *_), timed in zip(CONFIGURATIONS, times):
         whole, step_only = median([w for w, _ in timed]), median([s for _, s in timed])
         print(f"{label:<34}{whole * 1e3:>10.1f}{step_only * 1e3:>15.1f}{plain / whole:>9.2f}x")
 
