@@ -6,13 +6,16 @@ Each speed-up computes what the plain code computes, but for float rounding
 (tests/test_speedups.py holds each to its plain version); what they change is the time. The
 pipeline's numbers are those of the sped-up code, bit for bit from run to run. Gains, from
 `python -m bench.speedups` (the median of 200 training steps of the CNN's resnet18 at batch
-128, 2 threads, on the project's 2-core machine, otherwise idle; docs/performance.md):
+128, 2 threads, the portable kernels, on the project's 2-core AMD EPYC, otherwise idle;
+docs/performance.md):
 
 | | a training step | vs plain |
 |---|---|---|
-| plain (the chapter's code) | 349 ms | |
-| FusedAdam | 277 ms | 1.26× |
-| both (what train_cnn runs) | 252 ms | 1.39× |
+| plain (the chapter's code) | 461 ms | |
+| PaddingSkippingConv2d | 241 ms | 1.92× |
+| FusedAdam | 449 ms | 1.03× |
+| channels-last | 382 ms | 1.21× |
+| all three (what train_cnn runs) | 183 ms | 2.52× |
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ class FusedAdam:
     (true weight decay `p *= 1 - lr*wd`, then `p -= lr / debias1 * grad_avg /
     (sqrt(sqr_avg / debias2) + eps)`), in one kernel per parameter group.
 
-    Measured (bench.speedups): 10 ms an optimizer step for resnet18 where optim.Adam's
-    per-parameter loop takes 80 ms, the whole training step 1.26× faster. It is public torch
+    Measured (bench.speedups): 6 ms an optimizer step for resnet18 where optim.Adam's
+    per-parameter loop takes 27 ms (80 ms on a slower Intel Xeon). It is public torch
     API; its start-up cost (torch.optim imports torch._dynamo, 1.6 s) is already paid by
     torchvision, so the CNN stage starts no slower.
 
@@ -113,8 +116,9 @@ class PaddingSkippingConv2d(nn.Conv2d):
     a single pixel: exactly the same sum without the zeros.
 
     From 28×28 MNIST, resnet18's last stage works on 2×2 and 1×1 maps: a 3×3 conv on a 1×1
-    input multiplies 8 of its 9 taps by padding. Skipping them makes a training step 6%
-    faster alone and 10% on top of FusedAdam (bench.speedups); the skipped taps get zero
+    input multiplies 8 of its 9 taps by padding. Skipping them makes a training step 1.92×
+    faster alone with the portable kernels on an AMD EPYC (bench.speedups; 1.06× on an Intel
+    Xeon with its native kernels, before the portable ones); the skipped taps get zero
     gradient either way.
     """
 
