@@ -3,12 +3,15 @@ one clear line, exit code 2, no traceback, and nothing half-written."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import (make_project, read_json, run, run_module, run_stage, set_params,
-                           stages_run, write_idx_folder)
+from tests.helpers import (ROOT, make_project, read_json, run, run_module, run_stage,
+                           set_params, stages_run, write_idx_folder)
 
 
 @pytest.fixture
@@ -158,3 +161,32 @@ def test_check_params_passes_what_the_stages_would_accept(project, tmp_path):
     write_idx_folder(folder)
     set_params(project, {"data.source": str(folder), "base.threads": 1})
     assert run_module(project, "stages.check_params").returncode == 0
+
+
+def test_a_stage_records_its_start_and_work_where_asked(project, tmp_path):
+    """MNIST_STAGE_TIMES (make bench sets it): a line per stage that ran to the end, none
+    for one that failed."""
+    times = tmp_path / "times.jsonl"
+    for source in ("mnist", "nowhere"):
+        set_params(project, {"data.source": source})
+        run(project, sys.executable, "-m", "stages.check_params", check=False,
+            MNIST_STAGE_TIMES=str(times))
+    (record,) = [json.loads(line) for line in times.read_text().splitlines()]
+    assert record["stage"] == "check_params" and set(record) == {"stage", "start_s", "work_s"}
+    assert 0 < record["start_s"] < 30 and 0 <= record["work_s"] < 30
+
+
+@pytest.mark.parametrize("stage", ["check_params", "download", "summary"])
+def test_what_needs_no_torch_does_not_import_it(stage):
+    """`import torch` costs a stage 1.7 s: validating params, the download and the summary
+    do without it."""
+    code = f"import sys, stages.{stage}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_check_params_validates_without_torch(project):
+    code = ("import runpy, sys; runpy.run_module('stages.check_params', run_name='__main__'); "
+            "print('torch' in sys.modules)")
+    assert run(project, sys.executable, "-c", code).stdout.strip() == "False"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 EXIT_USER_ERROR = 2
+# A file each stage appends its timing to, when set (`make bench` sets it): how long the
+# process took to reach main (starting Python, imports) and main's own work.
+TIMES_ENV = "MNIST_STAGE_TIMES"
 
 
 class UserError(Exception):
@@ -32,7 +38,8 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        main()
+        with timed(name):
+            main()
     except UserError as err:
         print(f"error in {kind} '{name}': {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
@@ -44,3 +51,35 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+class timed:
+    """Appends `{"stage", "start_s", "work_s"}` to $MNIST_STAGE_TIMES, when set, after the
+    block ends without an error: seconds from the process's start to the block (starting
+    Python, imports), and in it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.begun = time.perf_counter()
+        self.start_s = seconds_since_process_start()
+
+    def __exit__(self, kind, value, traceback) -> None:
+        path = os.environ.get(TIMES_ENV)
+        if path and kind is None:
+            record = {"stage": self.name, "start_s": self.start_s,
+                      "work_s": round(time.perf_counter() - self.begun, 3)}
+            with open(path, "a") as times:
+                times.write(json.dumps(record) + "\n")
+
+
+def seconds_since_process_start() -> float | None:
+    """How long this process has run, to the clock tick (Linux's /proc; None elsewhere)."""
+    try:
+        stat = open("/proc/self/stat").read()
+    except OSError:
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    return round(since_boot - ticks / os.sysconf("SC_CLK_TCK"), 3)

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psutil
-import torch
 
 from .errors import UserError
 
@@ -105,6 +104,8 @@ def choose_threads(setting: int | str, environ: Mapping[str, str] = os.environ,
 
 def use_threads(setting: int | str) -> Threads:
     """Set torch's intra-op thread count for this process, as choose_threads decides."""
+    import torch  # here: check_params validates the setting without paying for torch
+
     threads = choose_threads(setting)
     torch.set_num_threads(threads.count)
     return threads
