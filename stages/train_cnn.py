@@ -2,9 +2,9 @@
 
 The book: `learn = cnn_learner(dls, resnet18, pretrained=False, loss_func=F.cross_entropy,
 metrics=accuracy)`, then `learn.fit_one_cycle(1, 0.1)`. Here (params: train_cnn):
-- model: torchvision's resnet18, untrained (nothing is downloaded), its first conv taking
-  the one grey channel, one output per digit; its input standardised by the training
-  pixels' own mean and std (the book feeds raw pixels: why, in docs/cnn.md);
+- model: torchvision's resnet18 (its code, in stages/lib/learning/resnet.py), untrained,
+  its first conv taking the one grey channel, one output per digit; its input standardised
+  by the training pixels' own mean and std (the book feeds raw pixels: why, in docs/cnn.md);
 - optimizer: fastai's Adam, with true weight decay `wd` (none on biases and BatchNorm);
 - loss: cross-entropy;
 - `fit_one_cycle(epochs, lr)`: the learning rate warms up from lr/25 to its peak `lr` over

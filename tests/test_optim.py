@@ -16,6 +16,7 @@ from stages.lib.learning.losses import bce_loss, cross_entropy_loss
 from stages.lib.learning.lr_find import lr_find, valley
 from stages.lib.learning.models import build_model, input_stats
 from stages.lib.learning.optim import Adam, BasicOptim, decay_and_no_decay
+from stages.lib.learning.resnet import resnet18
 from stages.lib.learning.schedules import combined_cos, one_cycle, sched_exp
 from stages.lib.learning.speedups import speed_up
 from tests.test_learner import block_data, make_learner
@@ -219,6 +220,25 @@ def test_cnn_is_resnet18_taking_one_grey_channel():
     assert net.conv1.in_channels == 1 and net.fc.out_features == 10
     assert sum(p.numel() for p in model.parameters()) == 11_175_370  # resnet18, 1 in, 10 out
     assert model.eval()(torch.rand(3, 784)).shape == (3, 10)
+
+
+def test_our_resnet18_is_torchvisions_weight_for_weight():
+    """stages/lib/learning/resnet.py, a copy of torchvision's: the same modules in the same
+    order, and from one seed the same weights and the same answers, bit for bit."""
+    from torchvision.models import resnet18 as torchvisions
+
+    for seed in (0, 42):
+        torch.manual_seed(seed)
+        theirs = torchvisions(weights=None, num_classes=2)
+        torch.manual_seed(seed)
+        ours = resnet18(num_classes=2)
+        assert [name for name, _ in ours.named_modules()] == \
+               [name for name, _ in theirs.named_modules()]
+        state, their_state = ours.state_dict(), theirs.state_dict()
+        assert list(state) == list(their_state)
+        assert all(torch.equal(state[k], their_state[k]) for k in state)
+        x = torch.randn(4, 3, 28, 28)
+        assert torch.equal(ours.train()(x), theirs.train()(x))
 
 
 def test_cnn_standardises_its_input_with_the_stats_its_config_records():

@@ -16,6 +16,7 @@ from torch import nn
 from ..infra.errors import UserError
 from ..infra.provenance import data_record
 from ..infra.torchio import load_pt, save_pt
+from .resnet import resnet18
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits", "tensors"}
@@ -42,12 +43,11 @@ def simple_net(hidden: list[int], n_outputs: int) -> nn.Module:
 
 def resnet18_for_mnist(n_classes: int, input_mean: float = 0.0,
                        input_std: float = 1.0) -> nn.Module:
-    """torchvision's resnet18 from scratch (no weights downloaded), its first conv taking the
+    """torchvision's resnet18 from scratch (resnet.py, torchvision's own, weight for weight;
+    no weights downloaded), its first conv taking the
     one grey channel instead of RGB, behind `GreyImages`: 784 pixels to a standardised
     1×28×28 image."""
-    from torchvision.models import resnet18  # only the CNN pays for importing torchvision
-
-    net = resnet18(weights=None, num_classes=n_classes)
+    net = resnet18(num_classes=n_classes)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     # The init torchvision gives its own convs, not nn.Conv2d's default.
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
