@@ -3,15 +3,19 @@ computes: each against its plain version, on tiny data."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 from stages.lib.learning.models import build_model
-from stages.lib.learning.optim import Adam
+from stages.lib.learning.optim import Adam, decay_and_no_decay
 from stages.lib.learning.predictions import batched_logits
 from stages.lib.learning.speedups import (FusedAdam, PaddingSkippingConv2d, channels_last,
                                           skip_padding_taps, speed_up)
+from tests.helpers import ROOT
 from tests.test_optim import cnn_learner
 
 
@@ -106,18 +110,82 @@ def test_fused_adam_steps_as_the_plain_adam():
         torch.testing.assert_close(fused[key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_adam_is_torchs_public_fused_adamw_with_fastais_settings():
-    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
-    fused = FusedAdam(Adam(model, lr=0.004, wd=0.01))
-    torch_opt = fused.torch_opt
-    assert isinstance(torch_opt, torch.optim.AdamW) and torch_opt.defaults["fused"] is True
-    decay, no_decay = torch_opt.param_groups
-    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    assert [len(decay["params"]), len(no_decay["params"])] == [1, 3]
-    assert decay["betas"] == (0.9, 0.99) and decay["eps"] == 1e-5
-    fused.lr, fused.mom = 0.1, 0.85  # as a schedule sets them
-    assert [(g["lr"], g["betas"]) for g in torch_opt.param_groups] == [(0.1, (0.85, 0.99))] * 2
-    assert (fused.lr, fused.mom, fused.name) == (0.1, 0.85, "adam")
+def test_fused_adam_steps_bit_for_bit_as_torchs_fused_adamw():
+    """The kernel called as torch.optim.AdamW(fused=True) calls it, with fastai's settings:
+    two groups (no weight decay on biases and BatchNorm), lr and β1 moved between steps,
+    channels-last weights; and its state saved and restored, as lr_find does."""
+    def trained(make_opt, restore_at=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(),
+                              nn.Linear(16, 3)).to(memory_format=torch.channels_last)
+        opt, saved = make_opt(model), None
+        generator = torch.Generator().manual_seed(1)
+        for step in range(6):
+            if step == restore_at:
+                saved = ({k: v.clone() for k, v in model.state_dict().items()},
+                         opt.state_dict())
+            lr, mom = 0.01 * (step + 1), 0.95 - 0.02 * step
+            set_lr_mom(opt, lr, mom)
+            model(torch.randn(8, 2, 4, 4, generator=generator)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        if saved:  # back to step 3, and the same last 3 steps again
+            model.load_state_dict(saved[0])
+            opt.load_state_dict(saved[1])
+            generator = torch.Generator().manual_seed(1)
+            for step in range(6):
+                x = torch.randn(8, 2, 4, 4, generator=generator)
+                if step >= restore_at:
+                    set_lr_mom(opt, 0.01 * (step + 1), 0.95 - 0.02 * step)
+                    model(x).square().mean().backward()
+                    opt.step()
+                    opt.zero_grad()
+        return model.state_dict()
+
+    def set_lr_mom(opt, lr, mom):
+        if isinstance(opt, torch.optim.AdamW):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, (mom, group["betas"][1])
+        else:
+            opt.lr, opt.mom = lr, mom
+
+    def torch_adamw(model):
+        decay, no_decay = decay_and_no_decay(model)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                  {"params": no_decay, "weight_decay": 0.0}],
+                                 lr=0.01, betas=(0.9, 0.99), eps=1e-5, fused=True)
+
+    reference = trained(torch_adamw)
+    for restore_at in (None, 3):
+        fused = trained(lambda m: FusedAdam(Adam(m, lr=0.01, wd=0.1)), restore_at)
+        assert all(torch.equal(fused[k], v) for k, v in reference.items()), restore_at
+
+
+def test_the_cnn_starts_without_torchvision_or_torch_dynamo():
+    """Each costs the CNN stage's start a second and more (resnet.py, FusedAdam say why)."""
+    code = ("import sys, torch; import stages.train_cnn as t; "
+            "from stages.lib.learning.models import build_model; "
+            "from stages.lib.learning.optim import Adam; "
+            "from stages.lib.learning.speedups import speed_up; "
+            "m = build_model({'kind': 'cnn', 'n_outputs': 2}); "
+            "m, o = speed_up(m, Adam(m, lr=0.01)); "
+            "m(torch.rand(4, 784)).sum().backward(); o.step(); "
+            "print(sorted({'torchvision', 'torch._dynamo'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split("\n")[-2] == "[]", result.stdout
+
+
+def test_padding_skipping_gradients_are_laid_out_as_the_weights():
+    """So that a channels-last weight takes its gradient as it is (no copy to re-lay it)."""
+    torch.manual_seed(0)
+    conv = channels_last(skip_padding_taps(nn.Conv2d(8, 16, 3, padding=1, bias=False)))
+    sliced = conv.weight.detach().clone().requires_grad_()
+    x = torch.randn(4, 8, 1, 1).to(memory_format=torch.channels_last)
+    conv(x).square().sum().backward()
+    nn.functional.conv2d(x, sliced[:, :, 1:2, 1:2]).square().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()
+    assert torch.equal(conv.weight.grad, sliced.grad)  # autograd's own slice, bit for bit
 
 
 def test_speed_up_is_refused_after_the_first_step():
@@ -148,3 +216,4 @@ def test_a_cnn_fit_with_and_without_the_speed_ups_ends_alike():
             assert (fast[key] - value).norm() <= 0.01 * moved, key
         else:
             assert torch.equal(fast[key], value), key
+

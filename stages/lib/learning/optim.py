@@ -4,8 +4,8 @@ fastai's Adam, which `fit_one_cycle` trains the CNN with.
 Both keep their hyperparameters as plain attributes (`lr`, and Adam's `mom`), so a schedule
 sets them between batches. Ours rather than torch.optim's, whose optimizers import
 torch._dynamo when built: 1.6 s of start-up per training stage, longer than the book's
-training. (The CNN's speed-up, speedups.FusedAdam, does use torch.optim: torchvision has
-imported torch._dynamo by then.)
+training. (The CNN's speed-up, speedups.FusedAdam, calls torch's fused Adam kernel without
+torch.optim, for the same reason.)
 """
 
 from __future__ import annotations

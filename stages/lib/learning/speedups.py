@@ -48,14 +48,15 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 
 class FusedAdam:
-    """optim.Adam's step in `torch.optim.AdamW(fused=True)`: the same formula as fastai's
-    (true weight decay `p *= 1 - lr*wd`, then `p -= lr / debias1 * grad_avg /
-    (sqrt(sqr_avg / debias2) + eps)`), in one kernel per parameter group.
+    """optim.Adam's step in torch's fused AdamW kernel (`torch._fused_adamw_`, the kernel
+    `torch.optim.AdamW(fused=True)` runs): the same formula as fastai's (true weight decay
+    `p *= 1 - lr*wd`, then `p -= lr / debias1 * grad_avg / (sqrt(sqr_avg / debias2) +
+    eps)`), in one call per parameter group.
 
     Measured (bench.speedups): 6 ms an optimizer step for resnet18 where optim.Adam's
-    per-parameter loop takes 27 ms (80 ms on a slower Intel Xeon). It is public torch
-    API; its start-up cost (torch.optim imports torch._dynamo, 1.6 s) is already paid by
-    torchvision, so the CNN stage starts no slower.
+    per-parameter loop takes 27 ms. The kernel is called as torch.optim.AdamW calls it,
+    bit for bit (tests/test_speedups.py), without torch.optim itself: building any
+    torch.optim optimizer imports torch._dynamo, 1 s of the CNN stage's start.
 
     `lr` and `mom` (β1) are attributes a schedule sets between batches, as on optim.Adam.
     """
@@ -63,40 +64,45 @@ class FusedAdam:
     name = "adam"  # the same optimizer, as checkpoints record it
 
     def __init__(self, adam: Adam):
-        groups = [{"params": adam.decay, "weight_decay": adam.wd},
-                  {"params": adam.no_decay, "weight_decay": 0.0}]
-        self.torch_opt = torch.optim.AdamW(groups, lr=adam.lr, betas=(adam.mom, adam.sqr_mom),
-                                           eps=adam.eps, fused=True)
+        self.lr, self.mom, self.sqr_mom, self.eps = adam.lr, adam.mom, adam.sqr_mom, adam.eps
+        self.groups = [(adam.decay, adam.wd), (adam.no_decay, 0.0)]
+        params = adam.decay + adam.no_decay
+        # AdamW's state, as it builds it for the fused kernel: float32 step counts
+        self.grad_avg = {p: torch.zeros_like(p, memory_format=torch.preserve_format)
+                         for p in params}
+        self.sqr_avg = {p: torch.zeros_like(p, memory_format=torch.preserve_format)
+                        for p in params}
+        self.steps = {p: torch.zeros((), dtype=torch.float32, device=p.device) for p in params}
 
-    @property
-    def lr(self) -> float:
-        return self.torch_opt.param_groups[0]["lr"]
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        for group in self.torch_opt.param_groups:
-            group["lr"] = value
-
-    @property
-    def mom(self) -> float:
-        return self.torch_opt.param_groups[0]["betas"][0]
-
-    @mom.setter
-    def mom(self, value: float) -> None:
-        for group in self.torch_opt.param_groups:
-            group["betas"] = (value, group["betas"][1])
-
+    @torch.no_grad()
     def step(self) -> None:
-        self.torch_opt.step()
+        for params, wd in self.groups:
+            params = [p for p in params if p.grad is not None]
+            if not params:
+                continue
+            steps = [self.steps[p] for p in params]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adamw_(params, [p.grad for p in params],
+                                [self.grad_avg[p] for p in params],
+                                [self.sqr_avg[p] for p in params], [], steps,
+                                amsgrad=False, lr=self.lr, beta1=self.mom, beta2=self.sqr_mom,
+                                weight_decay=wd, eps=self.eps, maximize=False)
 
     def zero_grad(self) -> None:
-        self.torch_opt.zero_grad(set_to_none=True)
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
 
     def state_dict(self) -> dict:
-        return self.torch_opt.state_dict()
+        return {"lr": self.lr, "mom": self.mom,
+                **{name: [t.clone() for t in getattr(self, name).values()]
+                   for name in ("grad_avg", "sqr_avg", "steps")}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.torch_opt.load_state_dict(state)
+        self.lr, self.mom = state["lr"], state["mom"]
+        for name in ("grad_avg", "sqr_avg", "steps"):
+            for mine, saved in zip(getattr(self, name).values(), state[name]):
+                mine.copy_(saved)
 
 
 def skip_padding_taps(model: nn.Module) -> nn.Module:
@@ -129,5 +135,28 @@ class PaddingSkippingConv2d(nn.Conv2d):
         inside_kernel = height + ph <= kh and width + pw <= kw
         if (one_pixel and inside_kernel and self.groups == 1 and self.dilation == (1, 1)
                 and self.padding_mode == "zeros"):
-            return F.conv2d(x, self.weight[:, :, ph:ph + height, pw:pw + width], self.bias)
+            taps = _Taps.apply(self.weight, slice(ph, ph + height), slice(pw, pw + width))
+            return F.conv2d(x, taps, self.bias)
         return super().forward(x)
+
+
+class _Taps(torch.autograd.Function):
+    """`weight[:, :, rows, cols]`, whose gradient is laid out as the weight is.
+
+    Autograd's own slice builds the weight's gradient in a fresh contiguous tensor, which
+    then takes a copy into the channels-last layout of the weight's .grad: for each of
+    layer4's 512×512×3×3 convs, 9.4 MB filled and copied twice a step. Built channels-last
+    from the start, the gradient becomes .grad as it is. Same values, bit for bit."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        ctx.rows, ctx.cols = rows, cols
+        ctx.save_for_backward(weight)
+        return weight[:, :, rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, = ctx.saved_tensors
+        full = torch.zeros_like(weight)  # the skipped taps' gradient: zero, as in nn.Conv2d
+        full[:, :, ctx.rows, ctx.cols] = grad
+        return full, None, None
