@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 from stages.lib.data.tensors import as_inputs, load_split
+from stages.lib.infra.errors import TIMES_ENV
 from stages.lib.infra.experiments import BOOK_DATA, DVC, TEN_DIGITS, TEN_DIGITS_FLOORS
 from stages.lib.infra.kernels import cpu_name, kernels_setting, pin, use_kernels
 from stages.lib.learning.learner import Learner
@@ -146,8 +148,15 @@ def bench_env(mirror: str) -> dict:
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
+def stage_times(path: Path) -> dict[str, dict]:
+    """What each stage recorded of itself ($MNIST_STAGE_TIMES): the last run of each."""
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {record["stage"]: record for record in records}
+
+
 def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
-    """Cold repro (to train_mlp, then the report), no-op repro, and each stage alone."""
+    """Cold repro (to train_mlp, then the report), no-op repro, and each stage alone: its
+    wall time, of which its start (Python, imports) and its own work as it records them."""
     env = bench_env(mirror)
 
     whole = make_project(workdir / "whole", params)
@@ -157,10 +166,14 @@ def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
     noop = statistics.median(timed(whole, DVC, "repro", "-q", env=env)[0] for _ in range(3))
 
     single = make_project(workdir / "stages", params)
+    times_file = workdir / "stage-times.jsonl"
     stages = {}
     for stage in STAGES:
-        seconds, rss = timed(single, DVC, "repro", "-q", "--single-item", stage, env=env)
-        stages[stage] = {"seconds": seconds, "peak_rss_mb": rss}
+        seconds, rss = timed(single, DVC, "repro", "-q", "--single-item", stage,
+                             env={**env, TIMES_ENV: str(times_file)})
+        own = stage_times(times_file)[stage]
+        stages[stage] = {"seconds": seconds, "peak_rss_mb": rss, "start_s": own["start_s"],
+                         "work_s": own["work_s"], "rest_s": seconds - own["work_s"]}
     metrics = {name: json.loads((whole / f"metrics/{name}.json").read_text())
                for name in ("baseline", "linear", "mlp", "cnn")}
     return {"label": label, "cold_to_train_mlp_s": to_mlp, "cold_total_s": to_mlp + report,
@@ -168,6 +181,23 @@ def pipeline(params: dict, mirror: str, workdir: Path, label: str) -> dict:
             "accuracy": {"baseline_l1": metrics["baseline"]["l1"]["accuracy"],
                          "linear": metrics["linear"]["accuracy"],
                          "mlp": metrics["mlp"]["accuracy"], "cnn": metrics["cnn"]["accuracy"]}}
+
+
+def stage_floor(workdir: Path, env: dict) -> dict:
+    """The least a torch stage can cost beyond its work: `import torch` in a fresh Python,
+    and a no-op `dvc repro` of a project of one stage (medians of 3)."""
+    import_torch = statistics.median(timed(ROOT, sys.executable, "-c", "import torch",
+                                           env=env)[0] for _ in range(3))
+    project = workdir / "one-stage"
+    project.mkdir()
+    git(project, "init", "-q")
+    subprocess.run([DVC, "init", "-q"], cwd=project, env=env, check=True)
+    (project / "dvc.yaml").write_text("stages:\n  one:\n    cmd: echo one > out.txt\n"
+                                      "    outs: [out.txt]\n")
+    timed(project, DVC, "repro", "-q", env=env)
+    noop = statistics.median(timed(project, DVC, "repro", "-q", env=env)[0] for _ in range(3))
+    return {"import_torch_s": import_torch, "noop_one_stage_s": noop,
+            "floor_s": import_torch + noop}
 
 
 # --- the kernels: portable against native ----------------------------------------------------
@@ -290,13 +320,31 @@ def our_cnn_epoch(project: Path) -> dict:
         params = load_params()
         learner, _ = train_cnn.learner(params, TrainingRun("train_cnn", params).data, log=None)
     lr = params.train_cnn.lr
+    flops = epoch_flops(learner)
     start = time.perf_counter()
     history = learner.fit_one_cycle(1, lr)
     seconds = time.perf_counter() - start
     accuracy = history[-1]["valid_accuracy"]
     return {"seconds": seconds, "accuracy": accuracy, "n_valid": len(learner.valid_y),
             "wrong": round((1 - accuracy) * len(learner.valid_y)),
-            "batch_size": learner.batch_size, "lr": lr}
+            "batch_size": learner.batch_size, "lr": lr, "gflop": flops / 1e9,
+            "gflops_per_s": flops / seconds / 1e9}
+
+
+def epoch_flops(learner: Learner) -> float:
+    """The FLOPs of one epoch of `learner`, as torch's FlopCounterMode counts the model it
+    trains (speed-ups on, so the taps it skips are not counted): each training batch's
+    forward and backward, and the forward of every validation image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(learner.model)  # a step here must not touch the model timed
+    x, y = learner.train_x[:learner.batch_size], learner.train_y[:learner.batch_size]
+    with FlopCounterMode(display=False) as training:
+        learner.loss_fn(model.train()(x), y).backward()
+    with FlopCounterMode(display=False) as validation, torch.no_grad():
+        model.eval()(learner.valid_x[:1])
+    return (training.get_total_flops() * learner.n_batches()
+            + validation.get_total_flops() * len(learner.valid_y))
 
 
 def fastai_python() -> Path:
@@ -335,17 +383,31 @@ def write_mnist_sample(tensors_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def fastai_cnn_epoch(tensors_dir: Path, workdir: Path) -> dict:
-    """The book's code as a reader runs it: with the kernels torch picks for this CPU (this
-    process pinned its own, which a child would inherit), against ours in bench's setting."""
-    sample = write_mnist_sample(tensors_dir, workdir / "mnist_sample")
+def run_fastai(script: str, sample: Path) -> tuple[dict, float]:
+    """bench/<script> on the MNIST_SAMPLE folder, as a reader runs the book's code: with the
+    kernels torch picks for this CPU (this process pinned its own, which a child would
+    inherit). Its JSON line, and the wall seconds of the whole process."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     pin("native", env)
-    result = subprocess.run([str(fastai_python()), str(ROOT / "bench" / "fastai_cnn.py"),
-                             str(sample)], capture_output=True, text=True, env=env)
+    start = time.perf_counter()
+    result = subprocess.run([str(fastai_python()), str(ROOT / "bench" / script), str(sample)],
+                            capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"the fastai run failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"bench/{script} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1]), seconds
+
+
+def fastai_cnn_epoch(sample: Path) -> dict:
+    """The book's resnet18 epoch (the fit alone, as it times it)."""
+    return run_fastai("fastai_cnn.py", sample)[0]
+
+
+def fastai_chapter(sample: Path) -> dict:
+    """The chapter's code up to simple_net, as one cold process (median of 3 runs)."""
+    runs = [run_fastai("fastai_chapter.py", sample) for _ in range(3)]
+    seconds = statistics.median(wall for _, wall in runs)
+    return {"seconds": seconds, "accuracy": runs[0][0]}
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -371,6 +433,9 @@ def print_report(results: dict) -> None:
             if row:
                 print(f"{label:<22}{row['seconds']:>9.1f}{row['batch_size']:>7}{row['lr']:>7g}"
                       f"{row['accuracy']:>10.4f}{row['wrong']:>7}")
+        print(f"ours: {ours['gflop']:.0f} GFLOP an epoch (torch's FlopCounterMode, the skipped "
+              f"taps not counted), {ours['gflops_per_s']:.1f} GFLOP/s, "
+              f"{ours['gflops_per_s'] / results['matmul_gflops']:.0%} of torch.mm's")
         if book:
             print(f"speed-up: {book['seconds'] / ours['seconds']:.2f}x")
     if "kernels" in results:
@@ -395,12 +460,27 @@ def print_report(results: dict) -> None:
         print(f"-j 2 takes {two['seconds'] / one['seconds']:.2f}x the time of -j 1 until all are "
               f"saved ({two['command_seconds'] / one['command_seconds']:.2f}x until the command "
               f"returns: DVC stops idle workers on a 10 s tick)")
+    floor = results["floor"]
+    print(f"\nA stage's floor: `import torch` {floor['import_torch_s']:.2f} s + a no-op "
+          f"`dvc repro` of one stage {floor['noop_one_stage_s']:.2f} s = "
+          f"{floor['floor_s']:.2f} s")
+    chapter = results.get("chapter")
     for run in results["pipelines"]:
         print(f"\n`dvc repro`, {run['label']}: cold to train_mlp {run['cold_to_train_mlp_s']:.1f} s, "
               f"whole pipeline {run['cold_total_s']:.1f} s, no-op {run['noop_s']:.2f} s")
-        print(f"  {'stage (each alone, dvc included)':<34}{'seconds':>9}{'peak RSS MB':>13}")
+        if chapter and run is results["pipelines"][0]:
+            print(f"  the chapter's fastai code up to simple_net, one process: "
+                  f"{chapter['seconds']:.1f} s (cold repro to train_mlp: "
+                  f"{run['cold_to_train_mlp_s'] / chapter['seconds']:.2f}x its time)")
+        print(f"  {'stage (each alone, dvc included)':<34}{'seconds':>9}{'its start':>11}"
+              f"{'its work':>10}{'the rest':>10}{'rest/floor':>12}{'peak RSS MB':>13}")
         for stage, row in run["stages"].items():
-            print(f"  {stage:<34}{row['seconds']:>9.2f}{row['peak_rss_mb']:>13}")
+            print(f"  {stage:<34}{row['seconds']:>9.2f}{row['start_s']:>11.2f}"
+                  f"{row['work_s']:>10.2f}{row['rest_s']:>10.2f}"
+                  f"{row['rest_s'] / floor['floor_s']:>11.2f}x{row['peak_rss_mb']:>13}")
+        print("  (its start: Python and the imports before the stage's main; its work: the "
+              "stage's main, as it records it; the rest: the seconds beyond its work, its start "
+              "and DVC's own included)")
         print(f"  accuracy: {run['accuracy']}")
     print(f"\nwritten: {RESULTS.relative_to(ROOT)}")
 
@@ -424,6 +504,8 @@ def main() -> None:
         if not args.quick:
             runs.append(("ten", "all ten digits, docs/experiments.md's params",
                          {**BOOK_DATA, **TEN_DIGITS}))
+        print("bench: the floor of a stage's start ...", file=sys.stderr)
+        results["floor"] = stage_floor(workdir, bench_env(mirror))
         for slug, label, params in runs:
             print(f"bench: cold dvc repro, {label} ...", file=sys.stderr)
             results["pipelines"].append(pipeline(params, mirror, workdir / slug, label))
@@ -454,7 +536,10 @@ def main() -> None:
         print("bench: resnet18 epoch, ours then fastai's ...", file=sys.stderr)
         results["cnn"] = {"ours": our_cnn_epoch(workdir / "mnist37" / "whole")}
         if not args.no_fastai:
-            results["cnn"]["fastai"] = fastai_cnn_epoch(tensors_dir, workdir)
+            sample = write_mnist_sample(tensors_dir, workdir / "mnist_sample")
+            results["cnn"]["fastai"] = fastai_cnn_epoch(sample)
+            print("bench: the chapter's fastai code up to simple_net ...", file=sys.stderr)
+            results["chapter"] = fastai_chapter(sample)
         different = [r["model"] for r in results["training"] if not r["same_final_weights"]]
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
