@@ -41,23 +41,24 @@ def simple_net(hidden: list[int], n_outputs: int) -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
-def resnet18_for_mnist(n_classes: int, input_mean: float = 0.0,
-                       input_std: float = 1.0) -> nn.Module:
+def resnet18_for_mnist(n_classes: int, input_mean: float = 0.0, input_std: float = 1.0,
+                       init: bool = True) -> nn.Module:
     """torchvision's resnet18 from scratch (resnet.py, torchvision's own, weight for weight;
-    no weights downloaded), its first conv taking the
-    one grey channel instead of RGB, behind `GreyImages`: 784 pixels to a standardised
-    1×28×28 image."""
-    net = resnet18(num_classes=n_classes)
+    no weights downloaded), its first conv taking the one grey channel instead of RGB,
+    behind `GreyImages`: 784 pixels to a standardised 1×28×28 image. `init=False`: without
+    torchvision's init (shapes only)."""
+    net = resnet18(num_classes=n_classes, init=init)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    # The init torchvision gives its own convs, not nn.Conv2d's default.
-    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if init:  # the init torchvision gives its own convs, not nn.Conv2d's default
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(GreyImages(input_mean, input_std), net)
 
 
-def build_model(config: dict) -> nn.Module:
+def build_model(config: dict, shapes_only: bool = False) -> nn.Module:
     """The model a config describes: {"kind": "linear" | "mlp" | "cnn", "n_outputs": k,
     "hidden": [widths]}, and for the CNN the `input_mean` and `input_std` it standardises
-    its input with."""
+    its input with. `shapes_only`: for the meta device, where torchvision's init would run
+    through torch._refs, whose first use imports torch._dynamo (1 s)."""
     kind = config["kind"]
     if kind == "linear":
         return linear_model(config["n_outputs"])
@@ -67,7 +68,7 @@ def build_model(config: dict) -> nn.Module:
         # A checkpoint from before the CNN standardised its input has no stats: 0 and 1 are
         # exactly the model it was trained as.
         return resnet18_for_mnist(config["n_outputs"], config.get("input_mean", 0.0),
-                                  config.get("input_std", 1.0))
+                                  config.get("input_std", 1.0), init=not shapes_only)
     raise UserError(f"unknown model kind {kind!r} (expected linear, mlp or cnn)")
 
 
@@ -203,7 +204,8 @@ def _weight_problems(config: dict, state: dict[str, torch.Tensor]) -> list[str]:
         return [f"config.hidden lists {len(config['hidden'])} layers, but the weights hold "
                 f"{len(state)} tensors"]
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+        model = build_model(config, shapes_only=True)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:
         wrong = [k for k in expected if found.get(k) != expected[k]]

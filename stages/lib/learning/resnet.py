@@ -49,7 +49,7 @@ class ResNet(nn.Module):
     """A 7×7 stem conv and max pool, four stages of basic blocks (64, 128, 256, 512
     channels, each after the first halving the map), global average pool, a linear head."""
 
-    def __init__(self, layers: list[int], num_classes: int = 1000):
+    def __init__(self, layers: list[int], num_classes: int = 1000, init: bool = True):
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -62,7 +62,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():  # torchvision's init, drawn in this order after the defaults
+        for m in self.modules() if init else ():  # torchvision's, after the defaults
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
@@ -85,6 +85,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
-    """torchvision's `resnet18(weights=None, num_classes=...)`."""
-    return ResNet([2, 2, 2, 2], num_classes)
+def resnet18(num_classes: int = 1000, init: bool = True) -> ResNet:
+    """torchvision's `resnet18(weights=None, num_classes=...)`; `init=False`: without its
+    init (the shapes alone)."""
+    return ResNet([2, 2, 2, 2], num_classes, init)
