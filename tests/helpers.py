@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.lib.infra import errors
 from stages.lib.infra.experiments import DVC, TEN_DIGITS
 from stages.lib.infra.files import read_yaml
 
@@ -226,6 +227,7 @@ def run_module(project: Path, module: str, *args: str,
     argv, cwd = sys.argv, os.getcwd()
     sys.argv = [module, *args]
     os.chdir(project)
+    errors.exit_when_done = False  # a stage returns here instead of ending this process
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             with warnings.catch_warnings():  # a module a test imported runs afresh, as with -m
@@ -233,6 +235,7 @@ def run_module(project: Path, module: str, *args: str,
                 code = _exit_status(lambda: runpy.run_module(module, run_name="__main__",
                                                              alter_sys=True))
     finally:
+        errors.exit_when_done = True
         sys.argv = argv
         os.chdir(cwd)
     result = subprocess.CompletedProcess(["python", "-m", module, *args], code,

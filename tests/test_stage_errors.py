@@ -187,6 +187,18 @@ def test_what_needs_no_torch_does_not_import_it(stage):
 
 
 def test_check_params_validates_without_torch(project):
-    code = ("import runpy, sys; runpy.run_module('stages.check_params', run_name='__main__'); "
-            "print('torch' in sys.modules)")
+    # (printed by an exit handler: a stage ends its process as its work is done)
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch' in sys.modules)); "
+            "runpy.run_module('stages.check_params', run_name='__main__')")
     assert run(project, sys.executable, "-c", code).stdout.strip() == "False"
+
+
+def test_a_stage_that_is_done_ends_its_process_with_exit_handlers_run_and_output_flushed(
+        project):
+    """exit_now skips Python's teardown (0.5 s after torch), not what a stage's caller sees:
+    exit status 0, every line written, the exit handlers run (logging's, finalizers)."""
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('handlers ran')); "
+            "sys.stdout.write('buffered, not flushed'); "
+            "runpy.run_module('stages.check_params', run_name='__main__'); print('not reached')")
+    result = run(project, sys.executable, "-c", code)
+    assert result.returncode == 0 and result.stdout == "buffered, not flushedhandlers ran\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -51,6 +52,27 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+    if kind == "stage" and exit_when_done:
+        exit_now()
+
+
+# A stage ends its process when its work is done (exit_now); the tests, which run stages
+# inside their own process (tests/helpers.py's run_module), turn this off.
+exit_when_done = True
+
+
+def exit_now() -> None:
+    """End a stage's process that has done its work: its outputs are written and closed.
+
+    Python's teardown of a process that ran torch (freeing every module and object, one by
+    one) takes 0.5 s after a training stage and 0.45 to 0.8 s after the report on the
+    project's 2-core machine: a sixth of a small stage, for nothing a finished stage needs.
+    What Python would still do that matters is done here: the exit handlers (logging's
+    flush, finalizers) and flushing stdout and stderr."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class timed:
