@@ -48,8 +48,8 @@ from stages.lib.learning.predictions import predict
 from tests.helpers import ROOT, SHARED_MNIST, git, make_project, serve_folder, set_params
 
 RESULTS = ROOT / "bench" / "results" / "bench.json"
-STAGES = ("download", "tensorise", "baseline", "train_linear", "train_mlp", "train_cnn",
-          "report")
+STAGES = ("check_params", "download", "tensorise", "baseline", "train_linear", "train_mlp",
+          "train_cnn", "report")
 FASTAI_VENV = ROOT / "bench" / ".fastai-venv"
 FASTAI = "fastai==2.8.12"
 THREAD_POLICY = "each stage takes the cores shared evenly among the DVC queue's workers"
