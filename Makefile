@@ -42,7 +42,7 @@ test: $(STAMP)  ## run the tests (what CI runs)
 test-fast: $(STAMP)  ## the unit tests on tiny data only, no pipeline run (under 30 s)
 	python -m pytest -m "not pipeline"
 
-bench: $(STAMP)  ## benchmark: Learner vs the chapter's loop, CNN vs fastai, queue sweeps, dvc repro
+bench: $(STAMP)  ## benchmark: Learner vs the chapter's loop, CNN vs fastai, queue sweeps, dvc repro, each stage's start
 	python -m bench.bench
 
 clean:  ## remove the venv (outputs stay; `dvc gc` manages the cache)
