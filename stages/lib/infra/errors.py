@@ -84,15 +84,16 @@ class timed:
         self.name = name
 
     def __enter__(self) -> None:
-        self.begun = time.perf_counter()
-        self.start_s = seconds_since_process_start()
+        self.path = os.environ.get(TIMES_ENV)
+        if self.path:  # a stage not being timed reads nothing
+            self.start_s = seconds_since_process_start()
+            self.begun = time.perf_counter()
 
     def __exit__(self, kind, value, traceback) -> None:
-        path = os.environ.get(TIMES_ENV)
-        if path and kind is None:
+        if self.path and kind is None:
             record = {"stage": self.name, "start_s": self.start_s,
                       "work_s": round(time.perf_counter() - self.begun, 3)}
-            with open(path, "a") as times:
+            with open(self.path, "a") as times:
                 times.write(json.dumps(record) + "\n")
 
 

@@ -1,6 +1,6 @@
 """torchvision's ResNet with basic blocks (resnet18), as torchvision 0.29 builds it: the same
 modules, in the same order, with the same init, so the same seed gives the same weights, bit
-for bit (tests/test_models.py holds the two together).
+for bit (tests/test_optim.py holds the two together).
 
 Why a copy: importing torchvision costs a stage 1.5 s (its detection ops import
 torch._dynamo), and the CNN needs 60 lines of it. Adapted from torchvision/models/resnet.py
