@@ -30,20 +30,25 @@ def save_pt(path: str | Path, data: dict) -> str:
 
 
 def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "",
-            optional: frozenset[str] = frozenset()) -> dict:
+            optional: frozenset[str] = frozenset(), content: bytes | None = None) -> dict:
     """Load a dict of tensors and plain values that `stage` wrote, with weights_only=True.
 
     weights_only refuses pickled code, so a tampered file cannot run anything; a file with
     other keys (another stage's, or not ours) is refused by name. `optional` keys are ones
-    that files written by earlier versions lack.
+    that files written by earlier versions lack. Given `content` (the file's bytes, read
+    once by the caller), those are loaded and `path` only names them.
     """
     path = Path(path)
     try:
-        regular_file(path, f"a {what}")
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        if content is None:
+            regular_file(path, f"a {what}")
+        source = path if content is None else io.BytesIO(content)
+        if not zipfile.is_zipfile(source):  # torch.save writes a zip archive
             raise UserError(f"{path} is not a {what} this pipeline wrote (not a PyTorch file: "
-                            f"{_opening(path)})")
-        data = torch.load(path, weights_only=True, map_location="cpu")
+                            f"{_opening(path, content)})")
+        if content is not None:
+            source.seek(0)
+        data = torch.load(source, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         command = f"dvc repro {stage}".strip()
         raise UserError(f"{what} {path} not found; run `{command}` first") from None
@@ -63,10 +68,13 @@ def load_pt(path: str | Path, keys: set[str], what: str, stage: str = "",
     return data
 
 
-def _opening(path: Path) -> str:
+def _opening(path: Path, content: bytes | None = None) -> str:
     """What a file that is not a zip archive starts with, for the message."""
-    with open(path, "rb") as handle:
-        start = handle.read(16)
+    if content is None:
+        with open(path, "rb") as handle:
+            start = handle.read(16)
+    else:
+        start = content[:16]
     return f"it starts with {start!r}" if start else "it is empty"
 
 

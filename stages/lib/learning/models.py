@@ -131,13 +131,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict, training: 
                           **data_record(meta), SCORES_KEY: scores})
 
 
-def load_checkpoint(path: str | Path, stage: str = "") -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | Path, stage: str = "",
+                    content: bytes | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by save_checkpoint (by `stage`); anything else is a clear error.
 
     Everything the model is built from is checked first (checkpoint_problems), so an edited
     or foreign file is refused by name before a layer is allocated, and cannot give NaN.
+    Given `content`, the checkpoint is those bytes (the file as read once), named `path`.
     """
-    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage, frozenset({SCORES_KEY}))
+    checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage, frozenset({SCORES_KEY}),
+                         content)
     problems = checkpoint_problems(checkpoint)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
