@@ -332,7 +332,7 @@ def test_a_fifo_and_a_decompression_bomb_are_named_not_waited_on(tmp_path):
     with pytest.raises(UserError, match="pipe.png: is a FIFO"):
         read_digit(tmp_path / "pipe.png")  # would block forever if opened
     Image.new("1", (12_000, 12_000)).save(tmp_path / "bomb.png")  # 144 Mpx, a 20 kB file
-    with pytest.raises(UserError, match="bomb.png: too many pixels to read safely"):
+    with pytest.raises(UserError, match="bomb.png: too many pixels to read \\(over 89,478,485"):
         read_digit(tmp_path / "bomb.png")
 
 

@@ -23,6 +23,11 @@ CENTRE = 14
 MIN_INK = 0.1
 STRAY_INK = 0.005  # share of the ink that may lie outside the digit's box (dust, specks)
 MAX_PIXELS = 1024  # larger photos are shrunk first: a 20×20 result needs no more
+# The most pixels decoded for one image (a 4096×4096 PNG, a 64 MB RGBA buffer at most), far
+# below Pillow's decompression-bomb limit (89 million): one upload cannot take a gigabyte.
+# A JPEG is decoded at a reduced scale (its DCT's 1/2 to 1/8) first, so a phone photo of any
+# size fits.
+MAX_DECODED = 4096 * 4096
 # Grey levels between the visible pixels and the colour stored under transparent ones, past
 # which that colour is the paper (the ink stands out from it), not the strokes' own.
 PAPER_CONTRAST = 64
@@ -32,13 +37,23 @@ class TooLarge(UserError):
     """An image with more pixels than is safe to decode (a server answers 413)."""
 
 
-def read_digit(path: str | Path, data: bytes | None = None) -> np.ndarray:
+# The formats read: pictures people take, draw and save. Not the rest of what Pillow opens
+# (EPS runs Ghostscript; ICO and ICNS decode their largest image before its size is known).
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG opens MPO (a phone's) too
+# The server's: TIFF's decoder (libtiff) writes its warnings straight to stderr, a line per
+# damaged file, which would let clients grow the server's log without bound.
+SERVED_FORMATS = tuple(f for f in FORMATS if f != "TIFF")
+
+
+def read_digit(path: str | Path, data: bytes | None = None,
+               formats: tuple[str, ...] = FORMATS) -> np.ndarray:
     """The image at `path` (or, given `data`, those bytes, named `path`) as a 28×28 uint8
     MNIST-style digit; UserError naming it when it is missing, not an image, or blank."""
-    return prepare_digit(read_grey(path, data), name=str(path))
+    return prepare_digit(read_grey(path, data, formats), name=str(path))
 
 
-def read_grey(path: str | Path, data: bytes | None = None) -> np.ndarray:
+def read_grey(path: str | Path, data: bytes | None = None,
+              formats: tuple[str, ...] = FORMATS) -> np.ndarray:
     """Grey levels 0-255 (float) of the image file (or of `data`), upright as the camera
     meant it."""
     import io
@@ -52,8 +67,11 @@ def read_grey(path: str | Path, data: bytes | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow warns past MAX_IMAGE_PIXELS and refuses at twice that: both are refused
             # here, from the size in the header, before a pixel is decoded.
+            warnings.simplefilter("ignore")  # a plugin's remark on a damaged file: not news
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as image:
+            with Image.open(path if data is None else io.BytesIO(data),
+                            formats=formats) as image:
+                decoded_size(image, path)
                 image = ImageOps.exif_transpose(image)
                 grey = as_grey(image)
                 grey.thumbnail((MAX_PIXELS, MAX_PIXELS))
@@ -63,13 +81,33 @@ def read_grey(path: str | Path, data: bytes | None = None) -> np.ndarray:
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not an image") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise TooLarge(f"{path}: too many pixels to read safely (over "
-                        f"{Image.MAX_IMAGE_PIXELS:,}, Pillow's decompression-bomb limit); "
-                        f"shrink the image first") from None
+        raise TooLarge(f"{path}: too many pixels to read (over {Image.MAX_IMAGE_PIXELS:,}, "
+                       f"Pillow's decompression-bomb limit; at most {MAX_DECODED:,} are "
+                       f"decoded, e.g. 4096×4096); shrink the image first") from None
     except UnidentifiedImageError:
-        raise UserError(f"{path}: not an image Pillow can read (PNG or JPEG expected)") from None
+        raise UserError(f"{path}: not an image Pillow can read as "
+                        f"{', '.join(formats[:-1])} or {formats[-1]}") from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt image data
         raise UserError(f"{path}: cannot read the image ({err})") from None
+
+
+def decoded_size(image, path: str | Path) -> tuple[int, int]:
+    """The size `image` (opened, not yet decoded) will decode at; TooLarge past MAX_DECODED
+    pixels, before a pixel is decoded. A JPEG is set to decode reduced by its DCT's 1/2, 1/4
+    or 1/8: as far as leaves its short side MAX_PIXELS or more, and further while it would
+    be over MAX_DECODED."""
+    if image.format in ("JPEG", "MPO"):
+        width, height = image.size
+        scale = next((s for s in (8, 4, 2) if min(width, height) // s >= MAX_PIXELS), 1)
+        while scale < 8 and (width // scale) * (height // scale) > MAX_DECODED:
+            scale *= 2
+        if scale > 1:
+            image.draft(None, (width // scale, height // scale))
+    width, height = image.size
+    if width * height > MAX_DECODED:
+        raise TooLarge(f"{path}: too many pixels to read ({width}×{height}; at most "
+                       f"{MAX_DECODED:,}, e.g. 4096×4096); shrink the image first")
+    return width, height
 
 
 # Pillow's modes for more than 8 bits of grey: 16-bit PNGs and TIFFs open as one of these.
@@ -84,7 +122,8 @@ def as_grey(image):
     from PIL import Image
 
     if image.mode in DEEP_GREY:
-        levels = np.asarray(image.convert("I"), dtype=np.float64) / 257  # 65535 -> 255
+        # 65535 -> 255; a 32-bit image's levels past 16 bits are clipped, not wrapped
+        levels = np.clip(np.asarray(image.convert("I"), dtype=np.float64), 0, 65535) / 257
         return Image.fromarray(levels.astype(np.float32), mode="F")
     return flatten_alpha(image).convert("L")
 
@@ -127,7 +166,9 @@ def prepare_digit(grey: np.ndarray, name: str = "image") -> np.ndarray:
         return mnist
     ink = ink_levels(grey)
     if ink is None:
-        raise UserError(f"{name}: no digit found (the image is one flat shade)")
+        why = ("the image is one flat shade" if grey.max() == grey.min() else
+               "nothing stands out from the background's own variation")
+        raise UserError(f"{name}: no digit found ({why})")
     return centre_by_mass(fit_in_box(crop_to_ink(ink)))
 
 
