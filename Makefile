@@ -30,8 +30,8 @@ run: $(STAMP)  ## run the pipeline (dvc repro), print each model's accuracy
 reset: $(STAMP)  ## back to the committed params, outputs matching them (no retraining of what ran here)
 	@python -m stages.reset
 
-serve: $(STAMP)  ## draw a digit at http://127.0.0.1:8000 and watch every model answer
-	@python -m stages.serve
+serve: $(STAMP)  ## draw a digit at http://127.0.0.1:8000 (PORT=N, HOST=H) and watch every model answer
+	@python -m stages.serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 metrics: $(STAMP)  ## each model's accuracy beside the book's, from the committed metrics
 	@python -m stages.summary

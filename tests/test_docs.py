@@ -57,12 +57,13 @@ def test_nothing_points_outside_the_repository():
 
 
 def test_every_test_the_docs_name_exists():
-    named = sorted({found for page in PAGES
-                    for found in re.findall(r"`(test_\w+\.py)::(\w+)`", page.read_text())})
+    named = sorted({found for page in PAGES for found in re.findall(
+        r"`(test_\w+\.py)::(\w+)(?:\[([\w-]+)\])?`", page.read_text())})
     assert len(named) > 60
-    missing = [f"{file}::{test}" for file, test in named
+    missing = [f"{file}::{test}[{case}]" for file, test, case in named
                if not re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(),
-                                re.MULTILINE)]
+                                re.MULTILINE)
+               or case and f'"{case}":' not in (ROOT / "tests" / file).read_text()]
     assert missing == []
 
 

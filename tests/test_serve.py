@@ -173,10 +173,19 @@ def test_a_checkpoint_rewritten_while_serving_answers_the_next_request(tiny, sev
         tiny_checkpoint(folder / "a.pt", "linear", seed=3)  # as `dvc repro` would rewrite it
         _, after = post(url, *data_url(png(seven)))
         (folder / "b.pt").unlink()
-        status, gone = post(url, *data_url(png(seven)))
+        one_gone = post(url, *data_url(png(seven)))
+        (folder / "a.pt").unlink()
+        status, all_gone = post(url, *data_url(png(seven)))
     name = "a.pt"  # models are named by their file, or by their path where names clash
     assert after["models"][name]["fingerprint"] != before["models"][name]["fingerprint"]
-    assert status == 503 and f"checkpoint {folder / 'b.pt'} not found" in gone["error"]
+    # One missing: the others answer, and the answer names the missing one and why.
+    assert one_gone[0] == 200 and list(one_gone[1]["models"]) == ["a.pt"]
+    assert one_gone[1]["unavailable"] == [{
+        "name": "b.pt", "checkpoint": str(folder / "b.pt"),
+        "error": f"checkpoint {folder / 'b.pt'} not found; run `dvc repro` first"}]
+    # None left: 503, each named.
+    assert status == 503 and [m["name"] for m in all_gone["unavailable"]] == ["a.pt", "b.pt"]
+    assert all_gone["error"].startswith("no model can answer (a.pt: checkpoint ")
 
 
 def test_no_trained_model_is_one_message_before_serving(tmp_path):
@@ -286,6 +295,23 @@ def test_the_page_answers_a_drawn_digit_as_predict_does(browser, book_project, s
                                           for name, p in expected.items()}
         logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert logs == []
+
+
+def test_the_page_names_a_model_that_cannot_answer(browser, tiny, seven):
+    folder, args = tiny
+    with serving(folder, *args) as url:
+        browser.get(url)
+        wait_for(browser, lambda d: d.find_element("id", "status").text == "Draw a digit.")
+        (folder / "b.pt").unlink()  # as `dvc repro` deletes a stage's outputs first
+        trace(browser, seven)
+        wait_for(browser, answered)
+        cards = {card.get_attribute("data-model"): card.text
+                 for card in browser.find_elements("class name", "model")}
+        status = browser.find_element("id", "status").text
+    assert list(cards) == ["a.pt", "b.pt"]
+    assert cards["b.pt"] == (f"b.pt\ncannot answer: checkpoint {folder / 'b.pt'} not found; "
+                             f"run `dvc repro` first")
+    assert status == "Answered by 1 model; 1 could not answer."
 
 
 def test_ctrl_c_stops_the_server_cleanly(tiny):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..data.tensors import to_float
 from ..infra.errors import UserError
-from ..infra.provenance import file_fingerprint
+from ..infra.files import fingerprint, regular_file
 from ..learning.models import TRAINED, load_checkpoint
 from ..learning.predictions import batched_logits, predict, probabilities
 
@@ -42,11 +43,16 @@ def checkpoint_path(ref: str) -> tuple[str, Path]:
     return path.name, path
 
 
-def load_classifier(ref: str) -> Classifier:
+def load_classifier(ref: str, content: bytes | None = None) -> Classifier:
+    """The model a checkpoint holds. The file is read once: its fingerprint and its weights
+    come from the same bytes (`content`, where the caller has read them), so a file rewritten
+    meanwhile cannot pair one checkpoint's name with another's weights."""
     name, path = checkpoint_path(ref)
     stage = f"train_{name}" if ref in TRAINED else ""
-    model, checkpoint = load_checkpoint(path, stage)
-    return Classifier(name, path, file_fingerprint(path), model, checkpoint["config"]["kind"],
+    if content is None:
+        content, _ = read_checkpoint(path, stage)
+    model, checkpoint = load_checkpoint(path, stage, content)
+    return Classifier(name, path, fingerprint(content), model, checkpoint["config"]["kind"],
                       checkpoint["digits"], checkpoint["target_digits"])
 
 
@@ -136,35 +142,121 @@ def as_json(classifiers: list[Classifier], rows: list[dict], errors: dict[str, s
             "errors": [{"file": path, "error": message} for path, message in errors.items()]}
 
 
+MAX_SERVED_BYTES = 512 * 2**20  # a checkpoint the server loads: reading is all in memory
+
+
 class ServedModels:
-    """The checkpoints a long-running process answers with (`stages.serve`): loaded again
-    whenever one of their files changes, so a `dvc repro` that writes new checkpoints is
-    answered by them at the next request, without a restart."""
+    """The checkpoints a long-running process answers with (`stages.serve`), each loaded
+    again when its file changes, so a `dvc repro` that writes new checkpoints is answered by
+    them at the next request, without a restart.
+
+    Each file is read once per change (its fingerprint and weights from the same bytes); a
+    model whose file is missing, being rewritten or not a checkpoint this pipeline wrote is
+    named with the reason, never silently left out.
+    """
 
     def __init__(self, refs: list[str] | None):
-        self.refs = refs
-        self._key: tuple | None = None
-        self.classifiers: list[Classifier] = []
-        self.untrained: list[str] = []
+        refs = list(dict.fromkeys(refs)) if refs else list(TRAINED)
+        paths = [checkpoint_path(ref) for ref in refs]  # each served under its own name,
+        # even where two files hold the same bytes: a model is never silently dropped
+        clashing = Counter(name for name, _ in paths)
+        self.slots = [_Slot(ref, str(path) if clashing[name] > 1 else name, path)
+                      for ref, (name, path) in zip(refs, paths)]
 
-    def paths(self) -> list[Path]:
-        return [checkpoint_path(ref)[1] for ref in (self.refs or TRAINED)]
+    def start(self, every: bool) -> None:
+        """Load the checkpoints before serving: with `every` (models asked for by name or
+        path) each must load; otherwise (models/ by default) at least one."""
+        ready, problems = self.current()
+        if every and problems:
+            raise UserError("\n".join(problems.values()))
+        if not ready:
+            raise UserError("no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run "
+                            "`dvc repro` first")
 
-    def current(self) -> list[Classifier]:
-        """The classifiers as the files now are; UserError when none can be loaded."""
-        key = tuple((str(p), *(_stamp(p))) for p in self.paths())
-        if key != self._key:
-            self.classifiers, self.untrained = load_classifiers(self.refs)
-            self._key = key
-        return self.classifiers
+    def current(self) -> tuple[list[Classifier], dict[str, str]]:
+        """(the models that can answer, as their files now are; {name: why not} for each
+        other one)."""
+        for slot in self.slots:
+            slot.refresh()
+        return ([slot.classifier for slot in self.slots if slot.classifier],
+                {slot.name: slot.problem for slot in self.slots if slot.problem})
+
+    def unavailable(self, problems: dict[str, str]) -> list[dict]:
+        """The JSON the API gives for models that cannot answer, in the served order."""
+        return [{"name": slot.name, "checkpoint": str(slot.path), "error": problems[slot.name]}
+                for slot in self.slots if slot.name in problems]
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+@dataclass
+class _Slot:
+    """One checkpoint the server answers with, as last read."""
+    ref: str
+    name: str
+    path: Path
+    stamp: tuple | None = None        # the file's identity when read: inode, size, times
+    classifier: Classifier | None = None
+    problem: str | None = None        # why it cannot answer, where it cannot
+
+    def refresh(self) -> None:
+        if self.stamp is not None and _stamp(self.path) == self.stamp:
+            return
+        stage = f"train_{self.name}" if self.ref in TRAINED else ""
+        try:
+            content, self.stamp = read_checkpoint(self.path, stage, max_bytes=MAX_SERVED_BYTES)
+            self.classifier, self.problem = load_classifier(self.ref, content), None
+            self.classifier.name = self.name
+        except UserError as err:
+            self._cannot(str(err))
+        except MemoryError:
+            self._cannot(f"{self.path}: not enough memory to load it")
+        except Exception as err:  # noqa: BLE001 - whatever a broken file raises, it is named
+            self._cannot(f"{self.path} cannot be loaded ({type(err).__name__}: {err})")
+
+    def _cannot(self, why: str) -> None:
+        self.classifier, self.problem = None, why
+        self.stamp = _stamp(self.path)  # retried once the file changes (or appears)
+
+
+def read_checkpoint(path: Path, stage: str = "", attempts: int = 3,
+                    max_bytes: int | None = None) -> tuple[bytes, tuple]:
+    """A checkpoint's bytes and the identity (inode, size, times) of the very file they came
+    from; UserError naming it when it is missing, not a file, or over `max_bytes`. A file
+    being written in place (its size or times moving while it is read) is read again, and
+    after `attempts` is refused: its bytes may be half old, half new."""
+    import time
+
+    for _ in range(attempts):
+        try:
+            regular_file(path, "a checkpoint")  # a FIFO would block the open
+            with open(path, "rb") as handle:
+                before = _identity(os.fstat(handle.fileno()))
+                if max_bytes is not None and before[2] > max_bytes:
+                    raise UserError(f"{path} is {before[2]:,} bytes, over the {max_bytes:,} "
+                                    f"a served checkpoint may be (resnet18's is 45 MB)")
+                content = handle.read(max_bytes + 1 if max_bytes is not None else -1)
+                after = _identity(os.fstat(handle.fileno()))
+        except FileNotFoundError:
+            raise UserError(f"checkpoint {path} not found; run "
+                            f"`{f'dvc repro {stage}'.strip()}` first") from None
+        except OSError as err:
+            raise UserError(f"{path}: cannot read the checkpoint ({err.strerror or err})") \
+                from None
+        if before == after:
+            return content, after
+        time.sleep(0.05)
+    raise UserError(f"{path} is being rewritten (it changed while it was read); it answers "
+                    f"again once the run that writes it is done")
+
+
+def _identity(info: os.stat_result) -> tuple:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _stamp(path: Path) -> tuple | None:
     try:
-        info = path.stat()
+        return _identity(path.stat())
     except OSError:
-        return (0, -1)
-    return (info.st_mtime_ns, info.st_size)
+        return None
 
 
 def recorded_accuracy(classifier: Classifier, metrics_dir: Path = Path("metrics")) -> float | None:

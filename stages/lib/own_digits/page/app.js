@@ -1,6 +1,7 @@
 // The draw-a-digit page: a canvas drawn on with pointer events (mouse, pen, finger), sent to
 // /api/predict as a PNG when each stroke ends; the answers come back per model with a bar
-// per digit, beside the 28x28 image the models saw. Nothing here is fetched from another host.
+// per digit, beside the 28x28 image the models saw, and each model that could not answer is
+// shown with why. Nothing here is fetched from another host.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -11,6 +12,7 @@ const prepared = document.getElementById("prepared");
 // MNIST's strokes are about a tenth of the digit's 20-pixel box: on a 280-pixel square, 20.
 const BRUSH = 20;
 let models = [];
+let unavailable = [];  // served models that cannot answer now, with why
 let drawing = false;
 let inFlight = null;   // the request whose answer is awaited: a newer stroke replaces it
 let sent = 0;          // requests sent, for the page's own test
@@ -78,14 +80,26 @@ async function send(body, type) {
     const response = await fetch("/api/predict", {method: "POST", body, headers,
                                                   signal: controller.signal});
     const answer = await response.json();
+    const retry = Number(response.headers.get("Retry-After"));
+    if (response.status === 503 && retry > 0 && !answer.unavailable) {
+      // The server's queue is full (another client is busy): this drawing again, once.
+      say(`${answer.error} (trying again in ${retry} s)`, true);
+      await new Promise((resolve) => setTimeout(resolve, 1000 * retry));
+      if (inFlight === controller && !controller.signal.aborted) {
+        inFlight = null;
+        send(body, type);
+      }
+      return;
+    }
     if (!response.ok) {
+      if (answer.unavailable) unavailable = answer.unavailable;
       say(answer.error || `the server answered ${response.status}`, true);
       document.body.dataset.answered = String(number);
       return;
     }
-    // Checkpoints other than the ones listed answered (`dvc repro` retrained one): list the
-    // models again, for their new fingerprints and accuracies.
-    if (!sameModels(answer.models)) await loadModels();
+    // Checkpoints other than the ones listed answered (`dvc repro` retrained one, or one
+    // cannot answer now): list the models again, for their fingerprints and accuracies.
+    if (!sameModels(answer.models, answer.unavailable)) await loadModels();
     if (controller.signal.aborted) return;
     show(answer);
     document.body.dataset.answered = String(number);
@@ -96,18 +110,23 @@ async function send(body, type) {
   }
 }
 
-function sameModels(answered) {
+function sameModels(answered, missing) {
   const names = Object.keys(answered);
   return names.length === models.length && models.every((model, i) =>
-    names[i] === model.name && answered[model.name].fingerprint === model.fingerprint);
+    names[i] === model.name && answered[model.name].fingerprint === model.fingerprint)
+    && missing.map((m) => m.name).join() === unavailable.map((m) => m.name).join();
 }
 
 function show(answer) {
   prepared.src = answer.prepared;
   const predictions = answer.images[0].predictions;
-  const cards = models.map((model) => card(model, predictions[model.name]));
-  answersBox.replaceChildren(...cards);
-  say(`Answered by ${models.length} model${models.length === 1 ? "" : "s"}.`);
+  const cards = models.filter((model) => predictions[model.name])
+    .map((model) => card(model, predictions[model.name]));
+  unavailable = answer.unavailable;
+  answersBox.replaceChildren(...cards, ...unavailable.map(missingCard));
+  say(`Answered by ${cards.length} model${cards.length === 1 ? "" : "s"}` +
+      (unavailable.length ? `; ${unavailable.length} could not answer.` : "."),
+      unavailable.length > 0);
 }
 
 function element(tag, className, text) {
@@ -143,6 +162,15 @@ function card(model, prediction) {
   return box;
 }
 
+function missingCard(model) {
+  const box = element("div", "model missing");
+  box.dataset.model = model.name;
+  const title = element("h2");
+  title.append(element("span", "", model.name));
+  box.append(title, element("p", "why", `cannot answer: ${model.error}`));
+  return box;
+}
+
 async function loadModels() {
   try {
     const response = await fetch("/api/models");
@@ -152,6 +180,7 @@ async function loadModels() {
       return;
     }
     models = answer.models;
+    unavailable = answer.unavailable;
     say("Draw a digit.");
   } catch (err) {
     say(`no answer from the server (${err.message})`, true);
