@@ -656,6 +656,31 @@ def test_a_broken_checkpoint_is_the_server_s_503_naming_it(tmp_path):
         server.stop()
 
 
+def test_a_huge_or_duplicated_checkpoint_is_named_not_read_or_dropped(tmp_path):
+    """A checkpoint file of 3 GB (sparse: nothing to read but zeros) is refused from its size,
+    without reading it; a checkpoint copied over another is served under both names."""
+    tiny_checkpoint(tmp_path / "a.pt", "linear", seed=1)
+    tiny_checkpoint(tmp_path / "b.pt", "mlp", seed=2)
+    server = Server(tmp_path, "--model", "a.pt", "--model", "b.pt")
+    try:
+        with open(tmp_path / "a.pt", "r+b") as handle:
+            handle.truncate(3 * 2**30)
+        start = time.monotonic()
+        answer = json.loads(parse(exchange(server.port, post(
+            server.port, data_url_body(), "application/json")))[0][2])
+        assert time.monotonic() - start < 2
+        assert list(answer["models"]) == ["b.pt"] and answer["unavailable"][0]["error"] == (
+            "a.pt is 3,221,225,472 bytes, over the 536,870,912 a served checkpoint may be "
+            "(resnet18's is 45 MB)")
+        (tmp_path / "a.pt").write_bytes((tmp_path / "b.pt").read_bytes())
+        answer = json.loads(parse(exchange(server.port, post(
+            server.port, data_url_body(), "application/json")))[0][2])
+        assert list(answer["models"]) == ["a.pt", "b.pt"] and answer["unavailable"] == []
+        assert answer["models"]["a.pt"]["fingerprint"] == answer["models"]["b.pt"]["fingerprint"]
+    finally:
+        server.stop()
+
+
 # --- starting ---------------------------------------------------------------------------------
 
 def test_a_port_in_use_is_one_line_before_any_banner(tmp_path):
