@@ -21,7 +21,8 @@ from stages.lib.infra.errors import Terminated, UserError, run_stage
 from stages.lib.infra.files import write_text
 from stages.lib.infra.params import load_params
 from stages.lib.infra.threads import available_cores
-from stages.lib.results.seed_study import runs_markdown, study_frame, summarise, summary_markdown
+from stages.lib.results.seed_study import (runs_markdown, study_frame, succeeded, summarise,
+                                           summary_markdown)
 
 OUT_DIR = Path("seed_study")
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
@@ -76,7 +77,7 @@ def run_study(names: dict[int, str], jobs: int) -> float:
 def stopped_study(names: list[str]) -> str:
     """What a stopped study left (the queue is stopped by then), and how to clear it."""
     left = {exp.name: exp for exp in experiments.experiments() if exp.name in names}
-    finished = [name for name, exp in left.items() if exp.metrics]
+    finished = [name for name, exp in left.items() if not exp.failed]
     stopped = [name for name in left if name not in finished]
     removed = [name for name in names if name not in left]
     lines = ["seed_study: stopped DVC's queue: its workers are gone and nothing runs on."]
@@ -91,19 +92,27 @@ def stopped_study(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(names: dict[int, str], heading: str) -> str:
+def write_summary(names: dict[int, str], heading: str) -> tuple[str, list[str]]:
+    """The summary of the experiments that succeeded, written to OUT_DIR, and a line for
+    each that did not; a UserError when fewer than two succeeded (nothing is written)."""
     ran = [exp for exp in experiments.experiments() if exp.name in names.values()]
     missing = sorted(set(names.values()) - {exp.name for exp in ran})
     if missing:
         raise UserError(f"no experiment {', '.join(missing)} here; see "
                         f"`dvc queue status` and `dvc queue logs NAME`, or fetch them with "
                         f"`dvc exp pull REMOTE {' '.join(missing)}`")
-    runs = study_frame(ran)
+    good, failed = succeeded(ran)
+    if len(good) < 2:
+        raise UserError("\n".join([f"{len(good)} of {len(ran)} experiments succeeded: too few "
+                                    f"to summarise", *failed]))
+    runs = study_frame(good)
     table = summary_markdown(summarise(runs))
-    write_text(OUT_DIR / "summary.md",
-               f"# {heading}\n\n{table}\n\n## Each seed\n\n{runs_markdown(runs)}\n")
+    failures = ("\n## Not results\n\n" + "".join(f"- {line}\n" for line in failed)
+                if failed else "")
+    write_text(OUT_DIR / "summary.md", f"# {heading}\n\n{table}\n\n## Each seed\n\n"
+                                       f"{runs_markdown(runs)}\n{failures}")
     write_text(OUT_DIR / "runs.tsv", runs.to_csv(sep="\t", index=False))
-    return table
+    return table, failed
 
 
 def main(argv: list[str]) -> None:
@@ -115,9 +124,12 @@ def main(argv: list[str]) -> None:
     else:
         minutes = run_study(names, args.jobs)
         heading = f"Seed study: {len(names)} seeds, {minutes:.1f} min with -j {args.jobs}"
-    table = write_summary(names, heading)
+    table, failed = write_summary(names, heading)
     print(f"\n{heading}\n\n{table}\n\nwritten: {OUT_DIR}/summary.md, {OUT_DIR}/runs.tsv\n"
           f"remove the study's experiments: dvc exp remove {' '.join(names.values())}")
+    if failed:
+        raise UserError("\n".join([f"{len(failed)} of {len(names)} experiments are not results "
+                                    f"(the summary above leaves them out):", *failed]))
 
 
 if __name__ == "__main__":

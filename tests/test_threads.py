@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -10,7 +11,8 @@ from stages.lib.infra.errors import UserError
 from stages.lib.infra.files import read_yaml
 from stages.lib.infra.experiments import Experiment
 from stages.lib.infra.params import validate_params
-from stages.lib.results.seed_study import runs_markdown, study_frame, summarise, summary_markdown
+from stages.lib.results.seed_study import (runs_markdown, study_frame, succeeded, summarise,
+                                           summary_markdown)
 from stages.lib.infra.threads import _worker_node, choose_threads, queue_workers
 from tests.helpers import ROOT, run_module
 
@@ -67,7 +69,7 @@ def experiment(seed: int, accuracies: dict[str, float], digits=("3", "7")) -> Ex
     params["base"]["seed"] = seed
     data = {"source": "mnist", "split": "official", "threads": 1, "kernels": "portable",
             "per_class": {d: 0.9 for d in digits}}
-    metrics = {f"metrics/{name}.json": {**data, "accuracy": value}
+    metrics = {f"metrics/{name}.json": {**data, "accuracy": value, "seed": seed}
                for name, value in accuracies.items() if name != "baseline"}
     metrics["metrics/baseline.json"] = {**data, "l1": {
         "accuracy": 0.9514, "balanced_accuracy": accuracies["baseline"],
@@ -81,6 +83,56 @@ def test_an_experiment_without_a_models_metrics_is_named_not_a_traceback():
     with pytest.raises(UserError, match=r"experiment seed-1 has no metrics/cnn.json: did it "
                                         r"fail\? \(`dvc queue logs seed-1`\)"):
         study_frame([broken])
+
+
+def test_a_failed_experiment_is_never_a_result():
+    ok = [experiment(s, {"baseline": 0.9511, "linear": 0.97 + s / 100, "mlp": 0.985,
+                         "cnn": 0.996}) for s in (0, 1)]
+    # DVC shows a failed experiment with the metrics of the commit it started from.
+    failed = replace(experiment(2, {"baseline": 0.9511, "linear": 0.97, "mlp": 0.985,
+                                    "cnn": 0.996}), failed="Experiment run failed")
+    good, lines = succeeded([*ok, failed])
+    assert good == ok and lines == [
+        "seed-2: not a result (Experiment run failed; see `dvc queue logs seed-2`)"]
+    assert set(study_frame(good)["seed"]) == {0, 1}
+
+
+def test_two_experiments_with_the_very_same_metrics_are_one_run_not_two_seeds():
+    same = experiment(0, {"baseline": 0.9511, "linear": 0.97, "mlp": 0.985, "cnn": 0.996})
+    with pytest.raises(UserError, match=r"experiments seed-0 and seed-0b have the very same "
+                                        r"metrics, every file: one run counted twice"):
+        study_frame([same, replace(same, name="seed-0b")])
+
+
+def test_metrics_computed_with_another_seed_are_not_the_experiment_s():
+    other = experiment(2, {"baseline": 0.9511, "linear": 0.97, "mlp": 0.985, "cnn": 0.996})
+    other.metrics["metrics/mlp.json"]["seed"] = 42  # the workspace's, as a failed run shows
+    with pytest.raises(UserError, match=r"experiment seed-2's metrics/mlp.json was computed "
+                                        r"with seed 42, not its seed 2: not its result"):
+        study_frame([other])
+
+
+def test_the_seed_study_with_a_failed_seed_exits_non_zero_and_says_which(tmp_path, monkeypatch):
+    from stages.lib.infra import experiments as dvc_experiments
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    ran = [experiment(s, {"baseline": 0.9511, "linear": 0.97 + s / 100, "mlp": 0.985,
+                          "cnn": 0.996}) for s in (0, 1, 2)]
+    ran[2] = replace(ran[2], failed="Experiment run failed")
+    shown = iter([[], ran])  # none before the study (names free), then its three
+    monkeypatch.setattr(dvc_experiments, "experiments", lambda: next(shown))
+    monkeypatch.setattr(dvc_experiments, "queue", lambda name, settings: None)
+    monkeypatch.setattr(dvc_experiments, "run_queue", lambda jobs: None)
+    result = run_module(tmp_path, "stages.seed_study", "--seeds", "0", "1", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(
+        "1 of 3 experiments are not results (the summary above leaves them out):\n"
+        "seed-2: not a result (Experiment run failed; see `dvc queue logs seed-2`)")
+    assert "| linear | accuracy | 2 |" in result.stdout  # seeds 0 and 1 only
+    summary = (tmp_path / "seed_study" / "summary.md").read_text()
+    assert "## Not results\n\n- seed-2: not a result" in summary
+    runs = (tmp_path / "seed_study" / "runs.tsv").read_text()
+    assert "seed-2" not in runs and "seed-1" in runs
 
 
 def test_summary_gives_mean_sd_range_and_the_book_per_model():

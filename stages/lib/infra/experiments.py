@@ -53,6 +53,10 @@ class Experiment:
     name: str
     params: dict   # params.yaml as the experiment ran it
     metrics: dict  # metrics file path -> its contents
+    # Why it is not a result: DVC's error or its run's state ("failed", "queued", "running");
+    # None for one that ran to the end. DVC shows a failed experiment with the metrics of
+    # the commit it started from, which are not its own.
+    failed: str | None = None
 
 
 def dvc(*args: str) -> subprocess.CompletedProcess:
@@ -120,9 +124,12 @@ def experiments() -> list[Experiment]:
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             data = rev.get("data") or {}
+            state = (exp.get("executor") or {}).get("state") or "success"
+            error = (rev.get("error") or {}).get("msg")
             found.append(Experiment(
                 name=exp.get("name") or rev.get("name") or rev["rev"][:7],
                 params=(data.get("params") or {}).get("params.yaml", {}).get("data", {}),
                 metrics={path: entry.get("data", {})
-                         for path, entry in (data.get("metrics") or {}).items()}))
+                         for path, entry in (data.get("metrics") or {}).items()},
+                failed=error or (None if state == "success" else f"its run is {state}")))
     return found

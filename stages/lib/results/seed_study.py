@@ -4,6 +4,7 @@ whether its figure is one our runs reach."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -40,6 +41,11 @@ def seed_rows(exp: Experiment) -> list[dict]:
             metrics, settings = {**metrics["l1"], **metrics}, {}
         else:
             settings = exp.params[f"train_{model}"]
+            seed = exp.params["base"]["seed"]
+            if metrics.get("seed") != seed:
+                raise UserError(f"experiment {exp.name}'s {path} was computed with seed "
+                                f"{metrics.get('seed')}, not its seed {seed}: not its result "
+                                f"(did it fail? `dvc queue logs {exp.name}`)")
         figure = book_figure(model, settings, _data_of(metrics))
         rows.append({"experiment": exp.name, "seed": exp.params["base"]["seed"],
                      "model": model, "metric": metric, "value": metrics[metric],
@@ -48,7 +54,26 @@ def seed_rows(exp: Experiment) -> list[dict]:
     return rows
 
 
+def succeeded(exps: list[Experiment]) -> tuple[list[Experiment], list[str]]:
+    """(the experiments that ran to the end, a line for each that did not): a failed one's
+    metrics are not its own (DVC shows those of the commit it started from)."""
+    lines = [f"{exp.name}: not a result ({exp.failed}; see `dvc queue logs {exp.name}`)"
+             for exp in exps if exp.failed]
+    return [exp for exp in exps if not exp.failed], lines
+
+
 def study_frame(exps: list[Experiment]) -> pd.DataFrame:
+    """Every model's row for every experiment; a UserError where two experiments give the
+    very same metrics, files and all: that is one run counted twice, not two seeds."""
+    seen: dict[str, str] = {}
+    for exp in exps:
+        key = json.dumps(exp.metrics, sort_keys=True)
+        if key in seen:
+            raise UserError(f"experiments {seen[key]} and {exp.name} have the very same "
+                            f"metrics, every file: one run counted twice, not two seeds. "
+                            f"Remove them (`dvc exp remove {seen[key]} {exp.name}`) and run "
+                            f"the study again")
+        seen[key] = exp.name
     runs = pd.DataFrame([row for exp in exps for row in seed_rows(exp)])
     return runs.sort_values("seed", kind="stable", ignore_index=True)
 
