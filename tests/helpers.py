@@ -127,6 +127,25 @@ def serve_slowly(folder: Path):
     return serve_folder(folder, _TrickleHandler)
 
 
+class _EndlessHandler(_QuietHandler):
+    def send_head(self):  # every file endless: no Content-Length, zeros until the client stops
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        return io.BytesIO()
+
+    def copyfile(self, source, outputfile):
+        with contextlib.suppress(ConnectionError):
+            while True:
+                outputfile.write(b"\0" * 65536)
+
+
+def serve_endlessly(folder: Path):
+    """A mirror whose every file never ends (no Content-Length, zeros for ever). Yields its
+    base URL."""
+    return serve_folder(folder, _EndlessHandler)
+
+
 @contextlib.contextmanager
 def silent_server():
     """A mirror that accepts connections and never answers. Yields its URL."""

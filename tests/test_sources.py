@@ -15,9 +15,9 @@ from stages.lib.data.idx import read_idx
 from stages.lib.data.sources import (Acquired, SourceUnavailable, acquire, build_manifest,
                                 configured_mirrors, detect_layout, fetch_canonical,
                                 load_local_folder, load_mnist_5k)
-from tests.helpers import (canonical_digests_of, make_project, run, run_module, serve_folder,
-                           serve_slowly, silent_server, tiny_digits, write_idx_folder,
-                           write_png_folder)
+from tests.helpers import (canonical_digests_of, make_project, run, run_module, serve_endlessly,
+                           serve_folder, serve_slowly, silent_server, tiny_digits,
+                           write_idx_folder, write_png_folder)
 
 
 @pytest.fixture
@@ -98,6 +98,39 @@ def test_a_mirror_trickling_bytes_is_given_up_on_at_the_deadline(tiny_mirror, ou
     assert err.count("fetching") == 1  # the other three files do not wait on it again
     for name in sources.CANONICAL_FILES:
         assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
+
+
+def test_a_mirror_sending_an_endless_file_is_cut_off_at_the_file_s_size(tiny_mirror, out_dir,
+                                                                        monkeypatch, capsys):
+    sizes = {name: (tiny_mirror / name).stat().st_size for name in sources.CANONICAL_FILES}
+    monkeypatch.setattr(sources, "CANONICAL_SIZES", sizes)
+    start = time.monotonic()
+    with serve_endlessly(tiny_mirror) as url:
+        fetch_canonical(out_dir, [url, str(tiny_mirror)])
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    name = "train-images-idx3-ubyte.gz"
+    assert (f"  {name}: {url} gave too much (it sent more than {name}'s "
+            f"{sizes[name]:,} bytes; cut off there); trying the next mirror") in err
+    for name in sources.CANONICAL_FILES:  # each from the folder mirror, verified
+        assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
+
+
+def test_a_folder_mirror_s_oversized_file_is_not_copied(tiny_mirror, tmp_path, out_dir,
+                                                       monkeypatch, capsys):
+    sizes = {name: (tiny_mirror / name).stat().st_size for name in sources.CANONICAL_FILES}
+    monkeypatch.setattr(sources, "CANONICAL_SIZES", sizes)
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    for name in sources.CANONICAL_FILES:
+        with open(huge / name, "wb") as handle:
+            handle.truncate(10 * 2**30)  # sparse: 10 GB that would take minutes to copy
+    fetch_canonical(out_dir, [str(huge), str(tiny_mirror)])
+    err = capsys.readouterr().err
+    name = "t10k-labels-idx1-ubyte.gz"
+    assert (f"  {name}: {huge} gave too much ({huge / name} is 10,737,418,240 bytes; {name} "
+            f"is {sizes[name]:,}); trying the next mirror") in err
+    assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
 
 
 def test_a_mirror_that_never_answers_is_left_after_the_read_timeout(tiny_mirror, out_dir,

@@ -54,6 +54,13 @@ OFFLINE_ENV = "MNIST_OFFLINE"
 MNIST_5K_RELPATH = ("data", "data", "mnist_5k.csv.gz")
 MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
+# Each file's size: a mirror that sends more is cut off there (an endless or wrong file
+# would otherwise fill the disk until the deadline) and the next one tried.
+CANONICAL_SIZES = {"train-images-idx3-ubyte.gz": 9_912_422,
+                   "train-labels-idx1-ubyte.gz": 28_881,
+                   "t10k-images-idx3-ubyte.gz": 1_648_877,
+                   "t10k-labels-idx1-ubyte.gz": 4_542}
+
 # A mirror gets READ_TIMEOUT_S to answer or to send more bytes, and DEADLINE_S for a whole
 # file (the largest is 9.9 MB); past either it is given up on for every file. MNIST_DEADLINE
 # sets DEADLINE_S for slow links (or quick tests).
@@ -134,20 +141,29 @@ class MirrorTimedOut(TimeoutError):
     """A mirror too slow to finish a file in time: the other files skip it too."""
 
 
+class TooBig(OSError):
+    """A mirror's file larger than the canonical file it should be."""
+
+
 def _fetch_url(url: str, target: Path, name: str, deadline: float) -> None:
     """Download `url` to `target`, giving up once `deadline` seconds have passed in all or
-    READ_TIMEOUT_S without a byte; either way, MirrorTimedOut."""
+    READ_TIMEOUT_S without a byte (MirrorTimedOut), or past the file's known size (TooBig)."""
     start = time.monotonic()
     wait = min(READ_TIMEOUT_S, deadline)
+    size = CANONICAL_SIZES[name]
     try:
         with urllib.request.urlopen(url, timeout=wait) as response, open(target, "wb") as out:
             total = response.length
+            if total is not None and total > size:
+                raise TooBig(f"it announces {total:,} bytes; {name} is {size:,}")
             done, last_shown = 0, [0]
             stretch = (start, 0)  # when the current stretch began, and the bytes by then
             # read1: whatever has arrived, so a mirror trickling bytes cannot hold one call
             while chunk := response.read1(_CHUNK):
                 out.write(chunk)
                 done += len(chunk)
+                if done > size:
+                    raise TooBig(f"it sent more than {name}'s {size:,} bytes; cut off there")
                 _progress(name, done, total, last_shown)
                 stretch = _check_rate(stretch, done)
                 if time.monotonic() - start > deadline:
@@ -185,7 +201,11 @@ def _fetch_one(mirror: str, name: str, target: Path, deadline: float) -> None:
         print(f"  {name}: fetching {url} (up to {deadline:g} s)", file=sys.stderr)
         _fetch_url(url, target, name, deadline)
     else:
-        shutil.copyfile(_as_folder(mirror) / name, target)
+        source = _as_folder(mirror) / name
+        if source.stat().st_size > CANONICAL_SIZES[name]:
+            raise TooBig(f"{source} is {source.stat().st_size:,} bytes; {name} is "
+                         f"{CANONICAL_SIZES[name]:,}")
+        shutil.copyfile(source, target)
 
 
 def verify_checksums(path: Path, name: str) -> None:
@@ -221,6 +241,9 @@ def fetch_canonical(out_dir: Path, mirrors: list[str]) -> Acquired:
                 if isinstance(err, MirrorTimedOut):
                     timed_out[mirror] = name
                     print(f"  {name}: {mirror} timed out ({err}); trying the next mirror",
+                          file=sys.stderr)
+                elif isinstance(err, TooBig):
+                    print(f"  {name}: {mirror} gave too much ({err}); trying the next mirror",
                           file=sys.stderr)
                 tried.append(f"{mirror} -> {name}: {err}")
         else:
