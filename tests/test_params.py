@@ -59,6 +59,8 @@ def test_missing_key_is_rejected():
     ("data.valid_pct", 1, "less than 1"),
     ("train_mlp.hidden", [], "at least one hidden layer"),
     ("train_mlp.hidden", [30, 0], "greater than or equal to 1"),
+    ("train_mlp.hidden", [100_000_000], "an MLP 784-100000000-... has 79,500,000,010 "
+                                        "parameters: 888 GiB to train"),
     ("data.digits", [3], "two or more digits"),
     ("data.digits", [3, 3], "distinct"),
     ("data.digits", [3, 10], "less than or equal to 9"),

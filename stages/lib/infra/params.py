@@ -108,6 +108,24 @@ class TrainMLP(_BookTraining):
             raise ValueError("needs at least one hidden layer width, e.g. [30]")
         return value
 
+    @field_validator("hidden")
+    @classmethod
+    def _fits_in_memory(cls, value: list[int]) -> list[int]:
+        """Refused here, before DVC deletes any output, rather than by torch's allocator
+        mid-stage: training holds each parameter three times (weights, gradients, the
+        update), as float32."""
+        import psutil
+
+        widths = [28 * 28, *value, 10]  # ten outputs at most
+        count = sum(n_in * n_out + n_out for n_in, n_out in zip(widths, widths[1:]))
+        needed, memory = 3 * 4 * count, psutil.virtual_memory().total
+        if needed > memory:
+            raise ValueError(f"an MLP {'-'.join(map(str, widths[:-1]))}-... has {count:,} "
+                             f"parameters: {needed / 2**30:,.0f} GiB to train (weights, "
+                             f"gradients, the update), over this machine's "
+                             f"{memory / 2**30:.0f} GiB of memory")
+        return value
+
 
 class TrainCNN(_Training):
     """resnet18 trained as the book does: Adam, fit_one_cycle with `lr` as its peak,
