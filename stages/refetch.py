@@ -18,6 +18,7 @@ from pathlib import Path
 from stages.lib.data.raw import RAW_DIR, fell_back
 from stages.lib.infra.errors import UserError, run_stage
 from stages.lib.infra.experiments import DVC
+from stages.lib.infra.gitindex import repair_hidden_changes
 
 MANIFEST = RAW_DIR / "manifest.json"
 
@@ -33,6 +34,7 @@ def last_download_fell_back(manifest: Path = MANIFEST) -> bool:
 
 
 def main() -> None:
+    repair_hidden_changes("run")  # a change git's index hides is seen, and said
     if not last_download_fell_back():
         return
     print("refetch: the last download fell back to mnist-5k; trying real MNIST again "

@@ -19,6 +19,7 @@ from pathlib import Path
 from stages.lib.infra import experiments
 from stages.lib.infra.errors import Terminated, UserError, run_stage
 from stages.lib.infra.files import write_text
+from stages.lib.infra.gitindex import repair_hidden_changes
 from stages.lib.infra.params import load_params
 from stages.lib.infra.threads import available_cores
 from stages.lib.results.seed_study import (runs_markdown, study_frame, succeeded, summarise,
@@ -116,6 +117,7 @@ def write_summary(names: dict[int, str], heading: str) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str]) -> None:
+    repair_hidden_changes("seed_study")  # a change git's index hides is seen, and said
     args = parse_args(argv)
     load_params()  # a bad params.yaml fails here, not once per queued experiment
     names = {seed: f"seed-{seed}" for seed in args.seeds}

@@ -5,10 +5,12 @@ params dvc.lock records for them. Not a DVC stage: it reads, and writes nothing.
 from __future__ import annotations
 
 from stages.lib.infra.errors import run_stage
+from stages.lib.infra.gitindex import repair_hidden_changes
 from stages.lib.results.summary import locked_stages, render_summary, summary_rows
 
 
 def main() -> None:
+    repair_hidden_changes("summary")  # a change git's index hides is seen, and said
     print(render_summary(*summary_rows(locked_stages())))
 
 
