@@ -4,6 +4,7 @@ with the key and what is allowed in the message."""
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 
@@ -170,6 +171,19 @@ def test_a_huge_bad_value_is_shown_cut_short(tmp_path):
     message = str(caught.value)
     assert "a6: unknown key" in message and "characters)" in message
     assert len(message) < 200 * len(lines)  # not the 174,760 characters a6 expands to
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    # 25 levels: 8 × 4**24 values, which check_params took for ever to look at.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 25)]
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + "\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"params.yaml: its YAML aliases \(\*name\) expand to "
+                                        r"over 100,000 values"):
+        load_params(path)
+    assert time.monotonic() - start < 5
 
 
 def test_a_params_file_that_is_not_utf8_names_the_byte_and_line(tmp_path):

@@ -294,6 +294,7 @@ CASES = {
     "type-image-png": (lambda p: post(p, SEVEN, "image/png"), 415, "'image/png' is not taken"),
     # Malformed bodies.
     "multipart-no-boundary": (lambda p: post(p, multipart([("image", "seven.png", SEVEN)]), "multipart/form-data"), 400, "malformed multipart form"),
+    "multipart-body-not-multipart": (lambda p: post(p, b"hello, not a form", MULTIPART), 400, "malformed multipart form"),
     "multipart-1001-fields": (lambda p: post(p, multipart([(f"f{i}", None, b"x") for i in range(1001)]), MULTIPART), 400, "malformed multipart form"),
     "multipart-1001-files": (lambda p: post(p, multipart([(f"f{i}", f"{i}.png", b"x") for i in range(1001)]), MULTIPART), 400, "malformed multipart form"),
     "multipart-two-images": (lambda p: post(p, multipart([("image", "a.png", SEVEN), ("image", "b.png", SEVEN)]), MULTIPART), 400, "malformed multipart form"),

@@ -11,6 +11,7 @@ import re
 import subprocess
 
 
+from stages.lib.infra.errors import UserError
 from stages.lib.infra.files import read_yaml
 from tests.helpers import ROOT, env_with, read_json, run_module, write_yaml
 
@@ -219,3 +220,24 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path, file, text):
     result = run_module(tmp_path, "stages.summary")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{file} is not UTF-8 text: byte 0xe8 on line" in result.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("  train_mlp:\n", "  train_mlp: 5\n  x_mlp:\n"),
+     "stage 'train_mlp' is int, not a mapping"),
+    (("      params.yaml:\n", "      params.yaml: 7\n      p_yaml:\n"),
+     "stage 'download' has params that are not a mapping of files to their values"),
+    (("    outs:\n", "    outs: 3\n    o_uts:\n"),
+     "stage 'download' has outs that are not a list of entries with a path"),
+])
+def test_an_odd_dvc_lock_is_one_line_naming_the_stage_and_key(tmp_path, change, expected):
+    from stages.lib.results.summary import locked_stages
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text((ROOT / "dvc.lock").read_text().replace(*change, 1))
+    with pytest.raises(UserError, match=re.escape(f"{lock}: {expected}, not what DVC writes; "
+                                                  f"run `dvc repro` to write it again")):
+        locked_stages(lock)
+    lock.write_text("stages: [1, 2]\n")
+    with pytest.raises(UserError, match="is not a lock file DVC wrote"):
+        locked_stages(lock)

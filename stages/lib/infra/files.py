@@ -219,9 +219,36 @@ def parse_yaml(text: str, what: str):
     from ruamel.yaml import YAML, YAMLError
 
     try:
-        return YAML(typ="safe").load(text)
+        value = YAML(typ="safe").load(text)
     except YAMLError as err:
         raise UserError(f"{what} is not valid YAML: {_yaml_problem(err)}") from None
+    if _expands_past(value, MAX_YAML_VALUES):
+        raise UserError(f"{what}: its YAML aliases (*name) expand to over "
+                        f"{MAX_YAML_VALUES:,} values (an alias bomb would take for ever to "
+                        f"check); write the values out")
+    return value
+
+
+# Values a YAML file may hold once its aliases are expanded: params.yaml has about 60 and
+# dvc.lock about 700; a few lines of nested aliases can stand for trillions.
+MAX_YAML_VALUES = 100_000
+
+
+def _expands_past(value, limit: int) -> bool:
+    """Whether `value`, each alias counted every time it is used, holds over `limit` values
+    (stops counting there)."""
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _yaml_problem(err) -> str:

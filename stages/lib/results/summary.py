@@ -27,9 +27,35 @@ MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
 
 
 def locked_stages(lock: Path = LOCK) -> dict:
+    """dvc.lock's stages, each checked to have the shape DVC writes (what the summary reads
+    of it): anything else is one line naming the stage and the key, not a traceback."""
     if not lock.is_file():
         raise UserError(f"{lock} not found: no pipeline run to summarise; run `dvc repro`")
-    return (read_yaml(lock, "dvc.lock") or {}).get("stages", {})
+    locked = read_yaml(lock, "dvc.lock") or {}
+    stages = locked.get("stages", {}) if isinstance(locked, dict) else None
+    if not isinstance(stages, dict):
+        raise UserError(f"{lock} is not a lock file DVC wrote (no mapping of stages); run "
+                        f"`dvc repro` to write it again")
+    for name, stage in stages.items():
+        problem = _lock_shape_problem(stage)
+        if problem:
+            raise UserError(f"{lock}: stage '{name}' {problem}, not what DVC writes; run "
+                            f"`dvc repro` to write it again")
+    return stages
+
+
+def _lock_shape_problem(stage: object) -> str | None:
+    if not isinstance(stage, dict):
+        return f"is {type(stage).__name__}, not a mapping"
+    params = stage.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        return "has params that are not a mapping of files to their values"
+    for key in ("deps", "outs"):
+        entries = stage.get(key, [])
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries):
+            return f"has {key} that are not a list of entries with a path"
+    return None
 
 
 def stage_params(stages: dict, stage: str) -> dict:
