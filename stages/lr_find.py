@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stages.lib.infra.errors import run_stage
 from stages.lib.infra.params import load_params
-from stages.lib.learning.lr_find import END_LR, MIN_NUM_IT, NUM_IT, START_LR, lr_find
+from stages.lib.learning.lr_find import END_LR, MAX_NUM_IT, MIN_NUM_IT, NUM_IT, START_LR, lr_find
 from stages.lib.learning.models import TRAINED
 from stages.lib.learning.training import TrainingRun
 from stages.lib.results import figures
@@ -40,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.num_it < MIN_NUM_IT:
         parser.error(f"--num-it must be at least {MIN_NUM_IT}: fewer leave too few points to "
                      f"suggest a learning rate from (fastai sweeps {NUM_IT})")
+    if args.num_it > MAX_NUM_IT:
+        parser.error(f"--num-it must be at most {MAX_NUM_IT} (fastai sweeps {NUM_IT}; the "
+                     f"suggestion's search grows with the square of the points)")
     if not START_LR < args.end_lr < float("inf"):
         parser.error(f"--end-lr {args.end_lr:g}: must be above the start, {START_LR:g}")
     if args.out is not None and args.out.suffix.lower() != ".png":

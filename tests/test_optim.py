@@ -314,6 +314,7 @@ def test_basic_optim_state_round_trip():
 
 @pytest.mark.parametrize("args,message", [
     (["--num-it", "10"], "--num-it must be at least 30: fewer leave too few points"),
+    (["--num-it", "1000000000"], "--num-it must be at most 1000 (fastai sweeps 100"),
     (["--out", "plot.pdf"], "--out plot.pdf: the plot is written as PNG; give a path ending "
                             "in .png"),
     (["--end-lr", "1e-8"], "--end-lr 1e-08: must be above the start, 1e-07"),

@@ -317,6 +317,14 @@ def test_transparency_and_16_bits_read_as_the_plain_grey_digit(mnist_test, tmp_p
     assert np.array_equal(other, plain)
 
 
+def test_a_float_tiff_of_levels_0_to_1_reads_as_the_plain_digit(mnist_test, tmp_path):
+    digit = mnist_test[0][0]
+    plain = read_digit(save_as(pixels_of("grey", digit), "grey", tmp_path / "plain.png"))
+    paper = np.asarray(pixels_of("grey", digit), dtype=np.float32) / 255  # 0-1, as a scan's
+    Image.fromarray(paper, mode="F").save(tmp_path / "float.tif")
+    assert np.array_equal(read_digit(tmp_path / "float.tif"), plain)
+
+
 def test_a_16_bit_mnist_sized_digit_keeps_every_grey_level(mnist_test, tmp_path):
     digit = mnist_test[0][0]
     Image.fromarray(digit.astype(np.uint16) * 257).save(tmp_path / "deep.png")
@@ -396,6 +404,15 @@ def edited(source: Path, target: Path, change) -> Path:
     (lambda c: c.update(digits=[3, 3]), "digits is [3, 3]"),
     (lambda c: c["state_dict"]["1.fc.bias"].fill_(float("inf")), "the weights hold NaN or Inf values "
                                                                   "(1.fc.bias)"),
+    (lambda c: c["state_dict"].update({"1.fc.bias": c["state_dict"]["1.fc.bias"].to_sparse()}),
+     "the weights hold tensors this pipeline does not write (1.fc.bias: sparse_coo, cpu, "
+     "float32; expected dense float32 on the CPU)"),
+    (lambda c: c["state_dict"].update({"1.fc.bias": torch.empty(2, device="meta")}),
+     "the weights hold tensors this pipeline does not write (1.fc.bias: strided, meta, "
+     "float32"),
+    (lambda c: c["state_dict"].update({"1.fc.bias": c["state_dict"]["1.fc.bias"].double()}),
+     "the weights hold tensors this pipeline does not write (1.fc.bias: strided, cpu, "
+     "float64; expected dense float32 on the CPU)"),
 ])
 def test_an_edited_checkpoint_is_refused_before_a_model_is_built(tmp_path, change, message):
     good = tiny_checkpoint(tmp_path / "good.pt", "cnn")

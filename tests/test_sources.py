@@ -380,3 +380,35 @@ def test_a_mirror_under_the_minimum_rate_is_left_for_the_next(tiny_mirror, out_d
     assert err.count("fetching") == 1
     for name in sources.CANONICAL_FILES:
         assert (out_dir / name).read_bytes() == (tiny_mirror / name).read_bytes()
+
+
+FILE_SIZE_LIMITED = """
+import resource, sys
+from pathlib import Path
+from stages.lib.data import sources
+from tests.helpers import canonical_digests_of, write_idx_folder
+paths = write_idx_folder(Path("mirror"))
+sources.CANONICAL_FILES = canonical_digests_of(paths)
+Path("out").mkdir()
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+try:
+    sources.fetch_canonical(Path("out"), ["mirror"])
+except sources.UserError as err:
+    sys.exit(str(err))
+"""
+
+
+def test_a_file_size_limit_is_blamed_on_this_machine_not_the_mirror(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, env_with
+
+    result = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED], cwd=tmp_path,
+                            env=env_with(PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (
+        "out/train-images-idx3-ubyte.gz: cannot be written here (File too large; this machine "
+        "limits a file's size: see `ulimit -f`); not the mirror's fault: make room, then run "
+        "it again")
+    assert not (tmp_path / "out" / "train-images-idx3-ubyte.gz").exists()

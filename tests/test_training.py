@@ -100,6 +100,17 @@ def test_divergence_names_stage_and_lr_and_writes_nothing(book_copy, stage):
         assert not (book_copy / path).exists()
 
 
+def test_a_weight_decay_that_blows_up_is_named_not_the_lr(book_copy):
+    set_params(book_copy, {"train_cnn.wd": 1e308})
+    result = run_module(book_copy, "stages.train_cnn")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "training diverged with train_cnn.wd = 1e+308 and train_cnn.lr = 0.005" \
+        in result.stderr
+    assert "lr × wd is 5e+305: the weight decay step multiplies each weight by 1 - lr × wd, " \
+           "so it alone blows up the weights. Lower train_cnn.wd" in result.stderr
+    assert "Lower train_cnn.lr" not in result.stderr
+
+
 def test_all_ten_digits_train_and_report_every_digit(ten_digit_project):
     project, result = ten_digit_project
     assert stages_run(result.stdout) == ["check_params", "download", "tensorise", "baseline",

@@ -9,6 +9,7 @@ This module must not import torch: the download stage stays light.
 from __future__ import annotations
 
 import difflib
+import errno
 import http.client
 import importlib.util
 import os
@@ -137,6 +138,11 @@ def _progress(name: str, done: int, total: int | None, last_shown: list[int]) ->
         print(f"  {name}: {last_shown[0]}% of {total / 1e6:.1f} MB", file=sys.stderr)
 
 
+# Errors of this machine's, not a mirror's: trying the next mirror would meet them again.
+LOCAL_WRITE_ERRORS = {errno.EFBIG: "; this machine limits a file's size: see `ulimit -f`",
+                      errno.ENOSPC: "", errno.EDQUOT: "", errno.EROFS: ""}
+
+
 class MirrorTimedOut(TimeoutError):
     """A mirror too slow to finish a file in time: the other files skip it too."""
 
@@ -238,6 +244,10 @@ def fetch_canonical(out_dir: Path, mirrors: list[str]) -> Acquired:
                 break
             except (OSError, ValueError, http.client.HTTPException) as err:
                 target.unlink(missing_ok=True)
+                if isinstance(err, OSError) and err.errno in LOCAL_WRITE_ERRORS:
+                    raise UserError(f"{target}: cannot be written here ({err.strerror}"
+                                    f"{LOCAL_WRITE_ERRORS[err.errno]}); not the mirror's "
+                                    f"fault: make room, then run it again") from None
                 if isinstance(err, MirrorTimedOut):
                     timed_out[mirror] = name
                     print(f"  {name}: {mirror} timed out ({err}); trying the next mirror",

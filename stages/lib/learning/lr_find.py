@@ -30,6 +30,8 @@ class LRFind:
 MIN_POINTS = 20  # of the smoothed curve, for `valley` to find a slope in rather than noise
 # The fewest batches that leave MIN_POINTS: a tenth and 5 more are dropped.
 MIN_NUM_IT = 30
+# The most: `valley` is quadratic in the points, and a sweep is meant to take seconds.
+MAX_NUM_IT = 1000
 
 
 def valley(lrs: list[float], losses: list[float]) -> int:

@@ -209,6 +209,14 @@ def _weight_problems(config: dict, state: dict[str, torch.Tensor]) -> list[str]:
     with torch.device("meta"):
         model = build_model(config, shapes_only=True)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    odd = [k for k, v in state.items()
+           if v.layout != torch.strided or v.is_meta or v.device.type != "cpu"
+           or v.dtype not in (torch.float32, torch.int64)]
+    if odd:
+        v = state[odd[0]]
+        return [f"the weights hold tensors this pipeline does not write ({odd[0]}: "
+                f"{str(v.layout).split('.')[-1]}, {v.device.type}, "
+                f"{str(v.dtype).split('.')[-1]}; expected dense float32 on the CPU)"]
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:
         wrong = [k for k in expected if found.get(k) != expected[k]]

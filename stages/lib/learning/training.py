@@ -84,6 +84,24 @@ class TrainingRun:
         self.data = load_training_data(self.device)
         self.metrics: dict | None = None
 
+    def _decay(self) -> float:
+        """lr × wd: at 1 or more, the weight decay step alone (each weight times 1 - lr·wd)
+        flips or blows up the weights, whatever the gradients do."""
+        return self.cfg.lr * (getattr(self.cfg, "wd", 0) or 0)
+
+    def divergence_cause(self) -> str:
+        if self._decay() >= 1:
+            return (f"training diverged with {self.stage}.wd = {self.cfg.wd} and "
+                    f"{self.stage}.lr = {self.cfg.lr}")
+        return f"training diverged with {self.stage}.lr = {self.cfg.lr}"
+
+    def divergence_advice(self) -> str:
+        if self._decay() >= 1:
+            return (f"lr × wd is {self._decay():.3g}: the weight decay step multiplies each "
+                    f"weight by 1 - lr × wd, so it alone blows up the weights. Lower "
+                    f"{self.stage}.wd (lr × wd well under 1)")
+        return f"Lower {self.stage}.lr"
+
     @contextlib.contextmanager
     def recorded(self, learner: Learner) -> Iterator[None]:
         """DVCLive logs each epoch of the block's fit; what the block saves replaces the old
@@ -93,9 +111,9 @@ class TrainingRun:
             try:
                 yield
             except TrainingDiverged as err:
-                raise UserError(f"training diverged with {self.stage}.lr = {self.cfg.lr}: "
-                                f"{err}. Lower {self.stage}.lr; no checkpoint or metrics "
-                                f"were written") from None
+                raise UserError(f"{self.divergence_cause()}: {err}. "
+                                f"{self.divergence_advice()}; no checkpoint or metrics were "
+                                f"written") from None
             if learner.schedule:  # the learning rate changed every step
                 with _log_writes(LIVE_DIR / self.name):
                     live.log_plot("lr", learner.hypers, x="step", y="lr",

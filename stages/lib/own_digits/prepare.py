@@ -125,6 +125,10 @@ def as_grey(image):
         # 65535 -> 255; a 32-bit image's levels past 16 bits are clipped, not wrapped
         levels = np.clip(np.asarray(image.convert("I"), dtype=np.float64), 0, 65535) / 257
         return Image.fromarray(levels.astype(np.float32), mode="F")
+    if image.mode == "F":  # a float TIFF: 0-1 (as scientific images are) or 0-255
+        levels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        scale = 255.0 if np.abs(levels).max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(levels * scale, 0, 255).astype(np.float32), mode="F")
     return flatten_alpha(image).convert("L")
 
 
