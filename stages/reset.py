@@ -38,6 +38,11 @@ UP_TO_DATE = "Data and pipelines are up to date."
 
 
 STOP_WAIT_S = 30  # for a stopped step's processes to clean up (temp files) before SIGKILL
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _let_through() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def step(*command: str) -> None:
@@ -45,8 +50,16 @@ def step(*command: str) -> None:
     gone), the whole group is stopped with it: DVC and the stage it runs, not DVC alone."""
     shown = " ".join(command).replace(DVC, "dvc")
     print(f"reset: {shown}", file=sys.stderr)
-    process = subprocess.Popen(command, start_new_session=True)
+    # Held off while the process starts (a signal then would leave it running, unknown to
+    # us), and let through in it before it runs its command.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        process = subprocess.Popen(command, start_new_session=True, preexec_fn=_let_through)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one that came: raised here
         code = process.wait()
     except BaseException:
         stop_group(process)
