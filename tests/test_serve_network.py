@@ -196,32 +196,28 @@ def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "XyZ")
 MULTIPART = "multipart/form-data; boundary=XyZ"
 
 
-def noise_png(side: int, seed: int = 0) -> bytes:
-    """A side×side PNG of random grey noise in 16 shades (a 4000×4000 one is 8.5 MB),
-    written without Pillow's encoder for speed."""
-    pixels = 17 * np.random.default_rng(seed).integers(0, 16, (side, side), dtype=np.uint8)
-    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
-
+def grey_png(width: int, height: int, compressed_rows: bytes) -> bytes:
+    """An 8-bit grey PNG of the given zlib-compressed scanlines, written without Pillow's
+    encoder (for speed, and for sizes Pillow would refuse to make)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(
             ">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed_rows)
             + chunk(b"IEND", b""))
+
+
+def noise_png(side: int, seed: int = 0) -> bytes:
+    """A side×side PNG of random grey noise in 16 shades (a 4000×4000 one is 8.5 MB)."""
+    pixels = 17 * np.random.default_rng(seed).integers(0, 16, (side, side), dtype=np.uint8)
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+    return grey_png(side, side, zlib.compress(raw, 6))
 
 
 def flat_png(width: int, height: int) -> bytes:
     """A width×height grey PNG of one shade: tiny to send, large to decode."""
-    raw = zlib.compress((b"\0" + b"\x80" * width) * height, 9)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw)
-            + chunk(b"IEND", b""))
+    return grey_png(width, height, zlib.compress((b"\0" + b"\x80" * width) * height, 9))
 
 
 def big_jpeg(width: int, height: int) -> bytes:
