@@ -38,3 +38,20 @@ def test_an_epochs_flops_count_every_training_batch_and_validation_image():
     assert epoch_flops(learner) == 2 * 32 * (per_image + per_image) + 30 * per_image
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_gpu_checks_train_the_project_s_params_on_cuda(tmp_path):
+    """bench.gpu's copy of the project: params.yaml as committed but for base.device, valid;
+    no outputs carried over that the stage's run could be mistaken for."""
+    from bench.gpu import cuda_project
+    from stages.lib.infra.files import parse_yaml, read_yaml
+    from tests.helpers import ROOT
+
+    project = cuda_project(tmp_path)
+    params = parse_yaml((project / "params.yaml").read_text(), "params.yaml")
+    committed = read_yaml(ROOT / "params.yaml", "params.yaml")
+    assert params["base"].pop("device") == "cuda"
+    committed["base"].pop("device")
+    assert params == committed
+    assert (project / "stages" / "train_cnn.py").is_file()
+    assert not (project / "metrics").exists() and not (project / "models").exists()
