@@ -40,6 +40,7 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         with timed(name):
+            _recover_outputs(name)
             main()
     except UserError as err:
         print(f"error in {kind} '{name}': {err}", file=sys.stderr)
@@ -54,6 +55,15 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
             signal.signal(signal.SIGTERM, previous)
     if kind == "stage" and exit_when_done:
         exit_now()
+
+
+def _recover_outputs(name: str) -> None:
+    """Before a stage or command reads or writes an output: finish the commit, or put back
+    the folder, that a killed run left (files.recover_outputs), and say so."""
+    from .files import recover_outputs  # files imports this module
+
+    for line in recover_outputs():
+        print(f"{name}: {line}", file=sys.stderr)
 
 
 # A stage ends its process when its work is done (exit_now); the tests, which run stages

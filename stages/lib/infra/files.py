@@ -38,6 +38,10 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+_ASIDE = re.compile(r"\.(.+)\.(\d+)\.[^.]+\.aside")
+_NOTHING = ".nothing"  # in a set-aside folder: there was no old folder to set aside
+
+
 def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temp entries an earlier write of `path` left when its process was killed
     outright; a temp of a process that is still running is left alone."""
@@ -47,12 +51,19 @@ def remove_stale_temps(path: Path) -> list[Path]:
         match = pattern.fullmatch(entry.name)
         if not match or _is_running(int(match.group(1))):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        _remove_entry(entry)
         removed.append(entry)
     return removed
+
+
+_STALE = re.compile(r"\..+\.(\d+)\.[^.]+\.(tmp|old)")
+
+
+def _remove_entry(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def _is_running(pid: int) -> bool:
@@ -73,38 +84,59 @@ class WriteFailed(UserError):
         super().__init__(f"could not write {path}: {cause}; the outputs are left as they were")
 
 
-# While a `together` block runs, the (temp, final) pairs whose rename waits for its end.
+# While a `together` block runs: the (temp, final) pairs whose rename waits for its end, and
+# the set-aside folders (set_aside) to remove once the new outputs are in place.
 _pending: list[tuple[str, Path]] | None = None
+_discards: list[Path] | None = None
 
 
 @contextlib.contextmanager
 def together() -> Iterator[None]:
-    """The outputs written inside the block (through atomic_open) replace their old
-    versions all at its end, or none of them do: a stage's outputs are all new or all old."""
-    global _pending
-    outer, _pending = _pending, []
-    pending = _pending
+    """The outputs written inside the block (through atomic_open, and the folders set_aside
+    lets be filled in place) replace their old versions all at its end, or none of them do:
+    a stage's outputs are all new or all old.
+
+    The end is a commit through a journal (_commit): killed at any moment, even between two
+    renames, the process leaves the old set or a commit the next command finishes
+    (recover_outputs), never a mix."""
+    global _pending, _discards
+    outer = _pending, _discards
+    _pending, _discards = [], []
+    pending, discards = _pending, _discards
     try:
         yield
-        _replace_all(pending)
+        _commit(pending, discards)
     except BaseException:
         for tmp, _ in pending:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
     finally:
-        _pending = outer
+        _pending, _discards = outer
 
 
-def _replace_all(pending: list[tuple[str, Path]]) -> None:
-    """Rename each temp onto its path; if one rename fails, put back the files already
-    replaced, so that none of them is new."""
+# A commit's journal: .outputs.<pid>.<random>.commit in the folder holding all its outputs,
+# naming each temp, its path and the old file's backup, and the set-aside folders to remove.
+_JOURNAL = re.compile(r"\.outputs\.(\d+)\.[^.]+\.(commit|tmp)")
+
+
+def _commit(pending: list[tuple[str, Path]], discards: list[Path]) -> None:
+    """Rename each temp onto its path, then remove the old files and set-aside folders.
+
+    The journal is in place before the first rename and removed after the last removal: a
+    kill in between leaves it for recover_outputs to finish the commit. A rename that fails
+    here (a full disk, a read-only folder) puts back the files already replaced, so that
+    none of them is new."""
+    if not pending and not discards:
+        return
+    entries = [(Path(tmp), path,
+                path.with_name(f"{_temp_prefix(path)}{os.urandom(4).hex()}.old")
+                if path.exists() else None) for tmp, path in pending]
+    journal = _write_journal(entries, discards)
     done: list[tuple[Path, Path | None]] = []
     try:
-        for tmp, path in pending:
-            backup = None
-            if path.exists():
-                backup = path.with_name(f"{_temp_prefix(path)}{os.urandom(4).hex()}.old")
+        for tmp, path, backup in entries:
+            if backup is not None:
                 os.replace(path, backup)
             done.append((path, backup))
             os.replace(tmp, path)
@@ -114,10 +146,94 @@ def _replace_all(pending: list[tuple[str, Path]]) -> None:
                 os.replace(backup, replaced)
             else:
                 replaced.unlink(missing_ok=True)
+        journal.unlink()
         raise WriteFailed(path, err) from None
-    for _, backup in done:
+    _finish(Path("."), entries, discards)  # the paths as given: absolute or from here
+    journal.unlink()
+
+
+def _write_journal(entries: list[tuple[Path, Path, Path | None]], discards: list[Path]) -> Path:
+    """The journal, written and synced under a temp name, then renamed: it is whole or
+    absent. Paths in it are relative to its folder, which holds every one of them."""
+    paths = [path for _, path, _ in entries] + discards
+    base = Path(os.path.commonpath([os.path.abspath(p.parent) for p in paths]))
+    rel = lambda p: None if p is None else os.path.relpath(os.path.abspath(p), base)  # noqa: E731
+    record = {"replace": [[rel(tmp), rel(path), rel(backup)] for tmp, path, backup in entries],
+              "discard": [rel(d) for d in discards]}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=base, prefix=f".outputs.{os.getpid()}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        journal = Path(tmp).with_suffix(".commit")
+        os.replace(tmp, journal)
+    except OSError as err:
+        raise WriteFailed(paths[0], err) from None
+    return journal
+
+
+def _finish(base: Path, entries: list[tuple[Path, Path, Path | None]],
+            discards: list[Path]) -> None:
+    """What follows the renames: the old files' backups and the set-aside folders go."""
+    for _, _, backup in entries:
         if backup is not None:
-            backup.unlink()
+            (base / backup).unlink(missing_ok=True)
+    for folder in discards:
+        shutil.rmtree(base / folder, ignore_errors=True)
+
+
+def recover_outputs(root: str | os.PathLike = ".") -> list[str]:
+    """Finish or undo what killed processes left in the project at `root`, before any command
+    reads or writes its outputs: a commit whose journal is in place is finished (its outputs
+    all new); a folder set aside for a fit that never committed is put back (its outputs all
+    old). Returns one line per repair. A running process's entries are left alone."""
+    root = Path(root)
+    try:
+        return _recover(root)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        cause = getattr(err, "strerror", None) or str(err)
+        raise UserError(f"could not repair what a stopped run left in {root.resolve()}: "
+                        f"{cause}") from None
+
+
+def _recover(root: Path) -> list[str]:
+    repaired = []
+    for journal in sorted(root.glob(".outputs.*")):
+        match = _JOURNAL.fullmatch(journal.name)
+        if not match or _is_running(int(match.group(1))):
+            continue
+        if match.group(2) == "commit":
+            record = json.loads(journal.read_text())
+            entries = [(Path(tmp), Path(path), backup and Path(backup))
+                       for tmp, path, backup in record["replace"]]
+            for tmp, path, _ in entries:
+                if (root / tmp).exists():
+                    os.replace(root / tmp, root / path)
+            _finish(root, entries, [Path(d) for d in record["discard"]])
+            repaired.append(f"finished the commit of {', '.join(str(p) for _, p, _ in entries)}"
+                            f" that a stopped process left half done")
+        journal.unlink(missing_ok=True)
+    for folder in [root, *(d for d in root.iterdir() if d.is_dir() and not d.is_symlink())]:
+        for aside in sorted(folder.glob(".*.aside")):
+            match = _ASIDE.fullmatch(aside.name)
+            if not match or _is_running(int(match.group(2))):
+                continue
+            path = folder / match.group(1)
+            # the old folder inside: put it back; the note that there was none: remove what
+            # the run left; empty: killed before the move, the folder is untouched
+            if (aside / path.name).exists() or (aside / _NOTHING).exists():
+                shutil.rmtree(path, ignore_errors=True)
+            if (aside / path.name).exists():
+                os.replace(aside / path.name, path)
+            shutil.rmtree(aside)
+            repaired.append(f"put back {path.relative_to(root)} as it was before a run that "
+                            f"was stopped")
+        for entry in folder.iterdir():  # temps and backups no journal names any more
+            match = _STALE.fullmatch(entry.name)
+            if match and not _is_running(int(match.group(1))):
+                _remove_entry(entry)
+    return repaired
 
 
 @contextlib.contextmanager
@@ -330,26 +446,31 @@ def _swap_in(tmp: Path, path: Path) -> None:
 @contextlib.contextmanager
 def set_aside(path: str | os.PathLike) -> Iterator[Path]:
     """For a folder that a writer fills where it stands (DVCLive's log, which `dvc plots`
-    and VS Code follow as it grows): the old folder is moved aside while the block runs,
-    put back if the block fails or is stopped, and removed once it succeeds."""
+    and VS Code follow as it grows): the old folder is moved aside while the block runs
+    (into .<name>.<pid>.<random>.aside, empty when there was none), put back if the block
+    fails or is stopped, or by recover_outputs if the process is killed, and removed once it
+    succeeds (inside `together`, with the block's commit)."""
     path = Path(path)
-    backup = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
+        backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path),
+                                       suffix=".aside"))
         if path.exists():
-            backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path),
-                                           suffix=".old"))
             os.replace(path, backup / path.name)
+        else:  # said, so that recover_outputs removes what the block leaves at `path`
+            (backup / _NOTHING).touch()
     except OSError as err:
         raise WriteFailed(path, err) from None
     try:
         yield path
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
-        if backup is not None:
+        if (backup / path.name).exists():
             os.replace(backup / path.name, path)
-            backup.rmdir()
+        shutil.rmtree(backup)
         raise
-    if backup is not None:
+    if _discards is not None:
+        _discards.append(backup)
+    else:
         shutil.rmtree(backup, ignore_errors=True)

@@ -105,9 +105,11 @@ class TrainingRun:
     @contextlib.contextmanager
     def recorded(self, learner: Learner) -> Iterator[None]:
         """DVCLive logs each epoch of the block's fit; what the block saves replaces the old
-        outputs at its end, DVCLive's log included, or (it fails) nothing does."""
+        outputs at its end, DVCLive's log included, or (it fails, or is killed) nothing
+        does."""
         start = time.perf_counter()
-        with live_log(self.name, learner) as live, together():
+        # together outside: DVCLive's finished log is one of the set the commit puts in place
+        with together(), live_log(self.name, learner) as live:
             try:
                 yield
             except TrainingDiverged as err:
