@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from stages.lib.infra.errors import UserError
+from tests.helpers import run_module
 from stages.lib.infra.provenance import (ModelOutputs, check_one_run, file_fingerprint,
                                    metrics_origin, stale_outputs)
 
@@ -23,7 +26,8 @@ def outputs(tmp_path: Path, **changes) -> ModelOutputs:
                **metrics_origin(META, file_fingerprint(checkpoint))}
     scores = {"accuracy": 0.9, "epochs": 2, "train_loss": 0.1235, "valid_loss": 0.2345}
     fields = dict(stage="train_mlp", checkpoint_path=checkpoint,
-                  checkpoint={"tensors": "aaaa", "metrics": scores},
+                  checkpoint={"tensors": "aaaa", "digits": [3, 7], "target_digits": [7, 3],
+                              "metrics": scores},
                   metrics_path=Path("metrics/mlp.json"), metrics=metrics,
                   history_path=Path("plots/mlp.tsv"), history=HISTORY)
     for key, value in changes.items():
@@ -74,3 +78,21 @@ def test_a_changed_checkpoint_no_longer_matches_its_metrics(tmp_path):
     before = outputs(tmp_path)
     (tmp_path / "mlp.pt").write_bytes(b"other weights")
     assert "was not computed from" in stale_outputs(META, before)[0]
+
+
+def test_a_checkpoint_whose_labels_were_edited_is_refused(book_copy, monkeypatch):
+    """Swapping what the two outputs mean would answer every 3 as a 7: predict, serve and the
+    report refuse the checkpoint, naming its labels and the tensors' own."""
+    from stages.lib.own_digits.classify import load_classifier
+
+    monkeypatch.chdir(book_copy)
+    assert load_classifier("mlp").target_digits == [7, 3]
+    checkpoint = torch.load("models/mlp.pt", weights_only=True)
+    checkpoint["target_digits"] = [3, 7]
+    torch.save(checkpoint, "models/mlp.pt")
+    expected = ("models/mlp.pt: its labels (digits [3, 7], target_digits [3, 7]) are not those "
+                "of the tensors")
+    with pytest.raises(UserError, match=re.escape(expected)):
+        load_classifier("mlp")
+    report = run_module(book_copy, "stages.report")
+    assert report.returncode == 2 and expected in report.stderr

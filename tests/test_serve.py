@@ -323,3 +323,27 @@ def test_ctrl_c_stops_the_server_cleanly(tiny):
     _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in err, err
     assert f"draw a digit at {url}" in err
+
+
+def test_the_api_shows_no_accuracy_its_checkpoint_does_not_record(book_copy, monkeypatch):
+    """A metrics file edited by hand (and committed with `dvc commit -f`) is not shown as the
+    model's accuracy by /api/models and the page: each names why instead."""
+    from stages.lib.own_digits.app import models_json
+    from stages.lib.own_digits.classify import ServedModels
+    from tests.test_summary import commit_edited_metrics
+
+    monkeypatch.chdir(book_copy)
+    served = ServedModels(["linear", "cnn"])
+    accuracy = json.loads((book_copy / "metrics/cnn.json").read_text())["accuracy"]
+    shown = {m["name"]: m for m in models_json(served)["models"]}
+    assert shown["cnn"]["accuracy"] == accuracy and shown["cnn"]["accuracy_problem"] is None
+    commit_edited_metrics(book_copy, "cnn", f'"accuracy": {accuracy}', '"accuracy": 0.9999')
+    shown = {m["name"]: m for m in models_json(served)["models"]}
+    assert shown["cnn"]["accuracy"] is None
+    assert shown["cnn"]["accuracy_problem"] == (
+        f"metrics/cnn.json does not hold the scores models/cnn.pt records: accuracy is 0.9999 "
+        f"there but {accuracy} in the checkpoint (edited after the stage wrote it?)")
+    assert shown["linear"]["accuracy"] is not None  # the others as they were
+    (book_copy / "metrics/linear.json").unlink()
+    assert {m["name"]: m for m in models_json(served)["models"]}["linear"][
+        "accuracy_problem"] == "metrics/linear.json not found"

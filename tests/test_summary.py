@@ -241,3 +241,32 @@ def test_an_odd_dvc_lock_is_one_line_naming_the_stage_and_key(tmp_path, change, 
     lock.write_text("stages: [1, 2]\n")
     with pytest.raises(UserError, match="is not a lock file DVC wrote"):
         locked_stages(lock)
+
+
+def commit_edited_metrics(project, name: str, old: str, new: str) -> None:
+    """Edit metrics/<name>.json by hand and make dvc.lock record it, as `dvc commit -f`
+    does: the summary's check against dvc.lock then passes."""
+    path = project / f"metrics/{name}.json"
+    path.write_text(path.read_text().replace(old, new, 1))
+    lock = read_yaml(project / "dvc.lock", "dvc.lock")
+    for out in lock["stages"][f"train_{name}"]["outs"]:
+        if out["path"] == f"metrics/{name}.json":
+            out["md5"] = hashlib.md5(path.read_bytes()).hexdigest()
+            out["size"] = path.stat().st_size
+    write_yaml(project / "dvc.lock", lock)
+
+
+def test_metrics_that_are_not_their_checkpoint_s_scores_are_not_shown(book_copy):
+    result = run_module(book_copy, "stages.summary", check=True)
+    assert "Not shown" not in result.stdout and "Not held" not in result.stdout
+    accuracy = read_json(book_copy / "metrics/cnn.json")["accuracy"]
+    commit_edited_metrics(book_copy, "cnn", f'"accuracy": {accuracy}', '"accuracy": 0.9999')
+    result = run_module(book_copy, "stages.summary")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert table(result.stdout)["cnn"][:4] == ["not", "shown", "not", "shown"]
+    assert "0.9999" not in table(result.stdout)["cnn"]
+    assert (f"Not shown: metrics/cnn.json does not hold the scores models/cnn.pt records: "
+            f"accuracy is 0.9999 there but {accuracy} in the checkpoint") in words(result.stdout)
+    assert ("the metrics of train_cnn are not the scores their checkpoints record (above); "
+            "`dvc repro --force train_cnn` computes both again") in result.stderr
+    assert table(result.stdout)["mlp"][0] == f"{read_json(book_copy / 'metrics/mlp.json')['accuracy']:.4f}"

@@ -10,6 +10,9 @@ different runs side by side; a stage reading them refuses instead of mixing them
 
 from __future__ import annotations
 
+import collections
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,22 @@ def data_record(meta: dict) -> dict:
     """What a checkpoint records of the data it was computed from (`meta`, the tensorise
     metadata): its digits, what each target means, and the tensors' fingerprint."""
     return {key: meta[key] for key in ("digits", "target_digits", "tensors")}
+
+
+def labels_problem(checkpoint: dict, meta: dict) -> str | None:
+    """Why a checkpoint's labels are not those of the tensors it says it was trained on,
+    when those are the tensors in `meta` (None: they are, or they are other tensors). The
+    tensors' fingerprint covers what each target means, so labels edited in the checkpoint
+    would answer every image with the wrong digit."""
+    if checkpoint.get("tensors") != meta.get("tensors"):
+        return None
+    said = {key: checkpoint.get(key) for key in ("digits", "target_digits")}
+    data = {key: meta.get(key) for key in ("digits", "target_digits")}
+    if said == data:
+        return None
+    return (f"its labels (digits {said['digits']}, target_digits {said['target_digits']}) are "
+            f"not those of the tensors {meta.get('tensors')} it was trained on (digits "
+            f"{data['digits']}, target_digits {data['target_digits']}): edited after training")
 
 
 def metrics_origin(meta: dict, checkpoint_fingerprint: str) -> dict:
@@ -65,20 +84,65 @@ def stale_outputs(meta: dict, outputs: ModelOutputs) -> list[str]:
     if outputs.checkpoint.get("tensors") != tensors:
         problems.append(f"{outputs.checkpoint_path} was computed from tensors "
                         f"{outputs.checkpoint.get('tensors')} (stage {stage})")
+    elif (labels := labels_problem(outputs.checkpoint, meta)) is not None:
+        problems.append(f"{outputs.checkpoint_path}: {labels} (stage {stage})")
     if outputs.metrics.get("tensors") != tensors:
         problems.append(f"{outputs.metrics_path} was computed from tensors "
                         f"{outputs.metrics.get('tensors')} (stage {stage})")
-    elif outputs.metrics.get("model") != file_fingerprint(outputs.checkpoint_path):
-        problems.append(f"{outputs.metrics_path} was not computed from "
-                        f"{outputs.checkpoint_path} (stage {stage})")
-    elif not problems and (edit := scores_edit(outputs.metrics,
-                                               outputs.checkpoint.get("metrics"))) is not None:
-        problems.append(f"{outputs.metrics_path} does not hold the scores "
-                        f"{outputs.checkpoint_path} records: {edit} (stage {stage})")
+    elif (mismatch := metrics_mismatch(outputs.metrics_path, outputs.metrics,
+                                       outputs.checkpoint_path,
+                                       file_fingerprint(outputs.checkpoint_path),
+                                       outputs.checkpoint.get("metrics"),
+                                       check_scores=not problems)) is not None:
+        problems.append(f"{mismatch} (stage {stage})")
     if outputs.history is not None and not _history_matches(outputs.history, outputs.metrics):
         problems.append(f"{outputs.history_path} is not the history of the run that wrote "
                         f"{outputs.metrics_path} (stage {stage})")
     return problems
+
+
+def metrics_mismatch(metrics_path: str | Path, metrics: dict, checkpoint_path: str | Path,
+                     fingerprint: str, recorded: dict | None,
+                     check_scores: bool = True) -> str | None:
+    """Why a metrics file is not the scores of the checkpoint with this fingerprint, which
+    records `recorded` (None: it is): computed from another checkpoint, or edited since."""
+    if metrics.get("model") != fingerprint:
+        return f"{metrics_path} was not computed from {checkpoint_path}"
+    if check_scores and (edit := scores_edit(metrics, recorded)) is not None:
+        return f"{metrics_path} does not hold the scores {checkpoint_path} records: {edit}"
+    return None
+
+
+class _ScoresOnly(pickle.Unpickler):
+    """A checkpoint's pickle read without torch: every tensor comes back as None, and
+    nothing but torch's own rebuild functions and plain containers is accepted."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" or module.startswith("torch."):
+            return lambda *args, **kwargs: None
+        raise pickle.UnpicklingError(f"{module}.{name} is not in a checkpoint")
+
+    def persistent_load(self, pid):  # a tensor's storage: not read
+        return None
+
+
+def recorded_scores(checkpoint_path: str | Path) -> dict | None:
+    """The scores a checkpoint records (its "metrics"), read without torch (a summary
+    answers at once); None when it records none. A file that is not a checkpoint: UserError."""
+    try:
+        with zipfile.ZipFile(checkpoint_path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            with archive.open(name) as handle:
+                content = _ScoresOnly(handle).load()
+    except (OSError, zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError,
+            ValueError, TypeError, AttributeError) as err:
+        cause = str(err) or "not a checkpoint"
+        raise UserError(f"{checkpoint_path}: cannot read the scores it records ({cause})") \
+            from None
+    scores = content.get("metrics") if isinstance(content, dict) else None
+    return scores if isinstance(scores, dict) else None
 
 
 def scores_edit(metrics: dict, recorded: dict | None) -> str | None:

@@ -4,8 +4,9 @@ answering with the same preparation and checkpoints as `python -m stages.predict
 GET /               the page (page/index.html, page/app.js, page/style.css, all served here:
                     nothing is fetched from another host)
 GET /api/models     the models served: checkpoint, fingerprint, digits, what each can answer,
-                    and the accuracy metrics/<name>.json gives for that very checkpoint; and
-                    each model that cannot answer now, with why
+                    and the accuracy metrics/<name>.json gives for that very checkpoint
+                    (none, and why, where the file does not hold the scores the checkpoint
+                    records); and each model that cannot answer now, with why
 POST /api/predict   an image as a multipart file (field `image`) or JSON {"image": "data:
                     image/png;base64,..."}: per model the digit, its probability and every
                     digit's probability (the shape of `predict --json`), the 28×28 image
@@ -287,10 +288,13 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 def models_json(served: ServedModels) -> dict:
     classifiers, problems = served.current()
-    return {"models": [{"name": c.name, "checkpoint": str(c.path), "fingerprint": c.fingerprint,
-                        "kind": c.kind, "digits": c.digits, "answers": answer_range([c])[0],
-                        "accuracy": recorded_accuracy(c)} for c in classifiers],
-            "unavailable": served.unavailable(problems)}
+    models = []
+    for c in classifiers:
+        accuracy, problem = recorded_accuracy(c)
+        models.append({"name": c.name, "checkpoint": str(c.path), "fingerprint": c.fingerprint,
+                       "kind": c.kind, "digits": c.digits, "answers": answer_range([c])[0],
+                       "accuracy": accuracy, "accuracy_problem": problem})
+    return {"models": models, "unavailable": served.unavailable(problems)}
 
 
 def none_can_answer(served: ServedModels, problems: dict[str, str]) -> Refused:

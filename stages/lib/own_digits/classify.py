@@ -16,7 +16,8 @@ from torch import nn
 from ..data.tensors import to_float
 from ..infra.errors import UserError
 from ..infra.files import fingerprint, regular_file
-from ..learning.models import TRAINED, load_checkpoint
+from ..infra.provenance import labels_problem
+from ..learning.models import SCORES_KEY, TRAINED, load_checkpoint
 from ..learning.predictions import batched_logits, predict, probabilities
 
 
@@ -29,6 +30,7 @@ class Classifier:
     kind: str
     digits: list[int]          # the digits it was trained on, as data.digits listed them
     target_digits: list[int]   # target_digits[t]: the digit that output class t stands for
+    scores: dict | None = None  # the scores the checkpoint records (its metrics file's)
 
 
 def checkpoint_path(ref: str) -> tuple[str, Path]:
@@ -52,8 +54,25 @@ def load_classifier(ref: str, content: bytes | None = None) -> Classifier:
     if content is None:
         content, _ = read_checkpoint(path, stage)
     model, checkpoint = load_checkpoint(path, stage, content)
+    meta = tensors_meta()
+    if meta is not None and (problem := labels_problem(checkpoint, meta)) is not None:
+        again = f"; `dvc repro {stage}` trains it again" if stage else ""
+        raise UserError(f"{path}: {problem}{again}")
     return Classifier(name, path, fingerprint(content), model, checkpoint["config"]["kind"],
-                      checkpoint["digits"], checkpoint["target_digits"])
+                      checkpoint["digits"], checkpoint["target_digits"],
+                      checkpoint.get(SCORES_KEY))
+
+
+def tensors_meta(path: Path = Path("data/tensors/meta.json")) -> dict | None:
+    """The project's tensors as tensorise described them, to hold checkpoints' labels to;
+    None outside a project that has run tensorise."""
+    import json
+
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def distinct(classifiers: list[Classifier], log: TextIO | None = None) -> list[Classifier]:
@@ -259,13 +278,33 @@ def _stamp(path: Path) -> tuple | None:
         return None
 
 
-def recorded_accuracy(classifier: Classifier, metrics_dir: Path = Path("metrics")) -> float | None:
-    """The accuracy metrics/<name>.json gives for this very checkpoint (its `model`
-    fingerprint), or None: a fetched checkpoint, or metrics of another run."""
+def recorded_accuracy(classifier: Classifier,
+                      metrics_dir: Path = Path("metrics")) -> tuple[float | None, str | None]:
+    """The validation accuracy to show beside a model, and why none is shown where its
+    metrics file should give it but does not hold its checkpoint's own scores.
+
+    The pipeline's checkpoint (models/<name>.pt) must have metrics/<name>.json computed from
+    it and holding the scores it records: anything else is named (a file edited by hand, or
+    left by another run). A checkpoint from elsewhere shows an accuracy only where
+    metrics/ holds its very scores."""
     import json
 
+    from ..infra.provenance import metrics_mismatch
+
+    name = classifier.path.stem
+    metrics_path = metrics_dir / f"{name}.json"
+    ours = classifier.path == Path("models") / f"{name}.pt"
     try:
-        metrics = json.loads((metrics_dir / f"{classifier.path.stem}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics.get("accuracy") if metrics.get("model") == classifier.fingerprint else None
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        if not ours:
+            return None, None
+        cause = "not found" if isinstance(err, FileNotFoundError) else "not readable JSON"
+        return None, f"{metrics_path} {cause}"
+    if not isinstance(metrics, dict):
+        return None, f"{metrics_path} is not a JSON object" if ours else None
+    why = metrics_mismatch(metrics_path, metrics, classifier.path, classifier.fingerprint,
+                           classifier.scores)
+    if why is not None:
+        return None, why if ours else None
+    return metrics.get("accuracy"), None

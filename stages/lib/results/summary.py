@@ -11,7 +11,8 @@ from pathlib import Path
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..infra.errors import UserError
 from ..infra.files import decode_text, parse_json, read_yaml
-from ..infra.provenance import mixed_settings, settings_text
+from ..infra.provenance import (file_fingerprint, metrics_mismatch, mixed_settings,
+                                recorded_scores, settings_text)
 from .book import book_figure, figure_text, is_book_data
 from .caveats import caveats
 from .markdown import text_table
@@ -104,6 +105,30 @@ def check_same_tensors(stages: dict, metrics: dict[str, dict]) -> None:
                         f"numbers; run `dvc repro` to bring them together")
 
 
+def checkpoint_of(metrics_path: str) -> Path:
+    """metrics/<name>.json's checkpoint: models/<name>.pt."""
+    return Path("models") / f"{Path(metrics_path).stem}.pt"
+
+
+def checkpoint_mismatches(metrics: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
+    """Each metrics file held to the scores its checkpoint records: {stage: why they are
+    not its scores}, and the checkpoints not here to hold them to (a clone before `dvc pull`)."""
+    mismatched, absent = {}, []
+    for _, stage, path, _ in MODELS:
+        checkpoint = checkpoint_of(path)
+        if not checkpoint.is_file():
+            absent.append(str(checkpoint))
+            continue
+        try:
+            why = metrics_mismatch(path, metrics[stage], checkpoint,
+                                   file_fingerprint(checkpoint), recorded_scores(checkpoint))
+        except UserError as err:
+            why = str(err)
+        if why is not None:
+            mismatched[stage] = why
+    return mismatched, absent
+
+
 def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
     """The data the models saw (meta) and one row per model: name, accuracy, balanced
     accuracy, the book's figure ("—" where the settings are not the book's), and the seed,
@@ -115,13 +140,16 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
             "n_valid": first["n_valid"],
             "digits": stage_params(stages, "tensorise").get("data.digits"),
             "requested": stage_params(stages, "download").get("data.source")}
+    meta["mismatched"], meta["not_checked"] = checkpoint_mismatches(metrics)
     rows, trained = [], {}
     for name, stage, _, key in MODELS:
         scores = metrics[stage]["l1"] if stage == "baseline" else metrics[stage]
         trained_with = settings(stage_params(stages, stage), stage)
         figure = book_figure(key, trained_with, meta)
-        rows.append([name, f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}",
-                     figure_text(figure, per_class=False), settings_text(metrics[stage])])
+        shown = ([f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}"]
+                 if stage not in meta["mismatched"] else ["not shown", "not shown"])
+        rows.append([name, *shown, figure_text(figure, per_class=False),
+                     settings_text(metrics[stage])])
         if stage != "baseline":
             trained[name] = (scores, trained_with)
     meta["caveats"] = caveats(metrics["baseline"]["l1"], trained, meta["n_train"],
@@ -149,6 +177,13 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
     for note in (*meta.get("caveats", []), *meta.get("mixed", [])):  # read on a terminal
+        lines += ["", textwrap.fill(note, WIDTH, break_long_words=False,
+                                    break_on_hyphens=False)]
+    notes = [f"Not shown: {why}." for why in meta.get("mismatched", {}).values()]
+    if meta.get("not_checked"):
+        notes.append(f"Not held to the scores their checkpoints record (not in this clone: "
+                     f"`dvc pull` or `make run`): {', '.join(meta['not_checked'])}.")
+    for note in notes:
         lines += ["", textwrap.fill(note, WIDTH, break_long_words=False,
                                     break_on_hyphens=False)]
     if fell_back(meta["source"], meta["requested"]):
