@@ -156,9 +156,9 @@ function card(model, prediction) {
     bar.append(element("span", "", label), track, element("span", "p", p.toFixed(3)));
     box.append(bar);
   }
-  const accuracy = model.accuracy !== null ? `validation accuracy ${model.accuracy.toFixed(4)}`
-    : model.accuracy_problem ? "accuracy not shown" : "accuracy: not in metrics/ for this checkpoint";
-  box.append(element("p", "meta", `${model.checkpoint} · ${model.fingerprint} · ${accuracy}`));
+  const accuracy = model.accuracy !== null ? ` · validation accuracy ${model.accuracy.toFixed(4)}`
+    : model.accuracy_problem ? "" : " · accuracy: not in metrics/ for this checkpoint";
+  box.append(element("p", "meta", `${model.checkpoint} · ${model.fingerprint}${accuracy}`));
   if (model.accuracy_problem) {  // its metrics file is not its checkpoint's own scores
     box.append(element("p", "meta problem", `accuracy not shown: ${model.accuracy_problem}`));
   }
