@@ -33,7 +33,7 @@ reset: $(STAMP)  ## back to the committed params, outputs matching them (no retr
 serve: $(STAMP)  ## draw a digit at http://127.0.0.1:8000 (PORT=N, HOST=H) and watch every model answer
 	@python -m stages.serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
-metrics: $(STAMP)  ## each model's accuracy beside the book's, from the committed metrics
+metrics: $(STAMP)  ## each model's accuracy beside the book's, from metrics/ as it is now (held to dvc.lock and the checkpoints)
 	@python -m stages.summary
 
 test: $(STAMP)  ## run the tests (what CI runs)

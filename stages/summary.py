@@ -5,14 +5,26 @@ params dvc.lock records for them. Not a DVC stage: it reads, and writes nothing.
 from __future__ import annotations
 
 from stages.lib.infra.errors import UserError, run_stage
-from stages.lib.infra.gitindex import repair_hidden_changes
+from stages.lib.infra.gitindex import repair_hidden_changes, results_changed
 from stages.lib.results.summary import locked_stages, render_summary, summary_rows
+
+
+# DVC ends a run that changed dvc.lock with "To track the changes with git, run: git add
+# dvc.lock"; this says when to follow it.
+UNCOMMITTED = (
+    "\ndvc.lock and metrics/ differ from the last commit (DVC's `git add dvc.lock` hint is about\n"
+    "them). Commit both only to make these the project's results: `git add dvc.lock metrics &&\n"
+    "git commit`. `make reset` goes back to the committed ones. With base.kernels: portable on\n"
+    "the CPU, every x86-64 machine computes the same dvc.lock; one from the native kernels or a\n"
+    "GPU holds for that machine alone.")
 
 
 def main() -> None:
     repair_hidden_changes("summary")  # a change git's index hides is seen, and said
     meta, rows = summary_rows(locked_stages())
     print(render_summary(meta, rows))
+    if results_changed():
+        print(UNCOMMITTED)
     if meta["mismatched"]:
         stages = " ".join(meta["mismatched"])
         raise UserError(f"the metrics of {', '.join(meta['mismatched'])} are not the scores "

@@ -153,7 +153,8 @@ def shared_mnist() -> Path:
     if not all((SHARED_MNIST / name).is_file() for name in (
             "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
-        reason = f"real MNIST not found at {SHARED_MNIST}"
+        reason = (f"real MNIST not found at {SHARED_MNIST}; set MNIST_TEST_DATA to a folder "
+                  f"holding its four .gz files")
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must run the real-data tests")
         pytest.skip(reason)

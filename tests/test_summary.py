@@ -270,3 +270,18 @@ def test_metrics_that_are_not_their_checkpoint_s_scores_are_not_shown(book_copy)
     assert ("the metrics of train_cnn are not the scores their checkpoints record (above); "
             "`dvc repro --force train_cnn` computes both again") in result.stderr
     assert table(result.stdout)["mlp"][0] == f"{read_json(book_copy / 'metrics/mlp.json')['accuracy']:.4f}"
+
+
+def test_results_that_differ_from_the_last_commit_say_when_to_commit_them(book_copy):
+    """DVC's `git add dvc.lock` hint, after a run, is put in context."""
+    assert "differ from the last commit" not in run_module(book_copy, "stages.summary",
+                                                            check=True).stdout
+    path = book_copy / "metrics/mlp.json"
+    ran = path.read_text()
+    path.write_text(ran.replace("0.98", "0.97", 1))  # the commit holds other results
+    subprocess.run(["git", "commit", "-qam", "other results"], cwd=book_copy, check=True)
+    path.write_text(ran)
+    result = run_module(book_copy, "stages.summary", check=True)
+    assert ("dvc.lock and metrics/ differ from the last commit (DVC's `git add dvc.lock` hint "
+            "is about them). Commit both only to make these the project's results") in words(
+                result.stdout)

@@ -63,3 +63,10 @@ def repair_hidden_changes(command: str) -> list[str]:
               f"`git status` lists them now", file=sys.stderr)
         return paths
     return []
+
+
+def results_changed() -> list[str]:
+    """The results (dvc.lock, metrics/) that differ from the last commit: what DVC's `git add
+    dvc.lock` hint is about."""
+    changed = _git("diff", "--name-only", "HEAD", "--", "dvc.lock", "metrics")
+    return changed.split() if changed else []
