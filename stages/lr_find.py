@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--end-lr {args.end_lr:g}: must be above the start, {START_LR:g}")
     if args.out is not None and args.out.suffix.lower() != ".png":
         parser.error(f"--out {args.out}: the plot is written as PNG; give a path ending in .png")
+    if args.out is not None and (problem := unwritable(args.out)) is not None:
+        parser.error(f"--out {args.out}: {problem}")  # before the sweep, not after it
     return args
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None: it can, as far as can be told before
+    writing): a folder in its place, a file where a folder should be, no write access."""
+    if path.is_dir():
+        return "is a folder"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} cannot be written"
+    return None
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from stages.lib.data.raw import RAW_DIR, fell_back
 from stages.lib.infra.errors import UserError, run_stage
 from stages.lib.infra.experiments import DVC
+from stages.lib.infra.files import read_text
 from stages.lib.infra.gitindex import repair_hidden_changes
 
 MANIFEST = RAW_DIR / "manifest.json"
@@ -27,9 +28,11 @@ def last_download_fell_back(manifest: Path = MANIFEST) -> bool:
     if not manifest.is_file():
         return False
     try:
-        recorded = json.loads(manifest.read_bytes().decode("utf-8"))
-    except ValueError:  # not JSON, or not UTF-8
+        recorded = json.loads(read_text(manifest))
+    except (ValueError, UserError, RecursionError):  # not JSON, not UTF-8, not a file
         return False  # not ours to judge: the download stage rewrites it
+    if not isinstance(recorded, dict):
+        return False
     return fell_back(recorded.get("source"), recorded.get("requested"))
 
 

@@ -20,7 +20,6 @@ last digits differ from this one's, so it would delete the models and the report
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from stages.lib.infra.errors import UserError, run_stage
+from stages.lib.infra.errors import UserError, end_with_parent, run_stage
 from stages.lib.infra.experiments import DVC
 from stages.lib.infra.files import read_yaml
 from stages.lib.infra.gitindex import repair_hidden_changes
@@ -90,22 +89,6 @@ def _group_of(process) -> int | None:
         return os.getpgid(process.pid)
     except (ProcessLookupError, PermissionError):
         return None
-
-
-def end_with_parent() -> None:
-    """A SIGTERM when `make` (the parent) dies, and SIGHUP (a closed terminal) taken as
-    SIGTERM: either way the step running is stopped with its processes (Linux)."""
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
-    try:
-        libc = ctypes.CDLL(None)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent was already gone before prctl
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def pipeline_inputs() -> list[str]:

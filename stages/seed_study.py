@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stages.lib.infra import experiments
 from stages.lib.infra.errors import Terminated, UserError, run_stage
-from stages.lib.infra.files import write_text
+from stages.lib.infra.files import together, write_text
 from stages.lib.infra.gitindex import repair_hidden_changes
 from stages.lib.infra.params import load_params
 from stages.lib.infra.threads import available_cores
@@ -110,9 +110,10 @@ def write_summary(names: dict[int, str], heading: str) -> tuple[str, list[str]]:
     table = summary_markdown(summarise(runs))
     failures = ("\n## Not results\n\n" + "".join(f"- {line}\n" for line in failed)
                 if failed else "")
-    write_text(OUT_DIR / "summary.md", f"# {heading}\n\n{table}\n\n## Each seed\n\n"
-                                       f"{runs_markdown(runs)}\n{failures}")
-    write_text(OUT_DIR / "runs.tsv", runs.to_csv(sep="\t", index=False))
+    with together():  # the table and its rows: both new, or both as they were
+        write_text(OUT_DIR / "summary.md", f"# {heading}\n\n{table}\n\n## Each seed\n\n"
+                                           f"{runs_markdown(runs)}\n{failures}")
+        write_text(OUT_DIR / "runs.tsv", runs.to_csv(sep="\t", index=False))
     return table, failed
 
 

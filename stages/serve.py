@@ -74,7 +74,8 @@ def main(argv: list[str]) -> None:
     counts = Counts(log)
     quiet_logs(counts)
     hosts, any_ip = allowed_hosts(args.host)
-    url_host = f"[{args.host}]" if ":" in args.host else args.host
+    bare = args.host.strip("[]")
+    url_host = f"[{bare}]" if ":" in bare else bare
     print(f"serve: draw a digit at http://{url_host}:{args.port}  (Ctrl-C stops it)",
           file=sys.stderr, flush=True)
     if not is_loopback(args.host):

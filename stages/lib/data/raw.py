@@ -25,7 +25,14 @@ def split_files(split: str) -> tuple[str, str]:
 def check_manifest(raw_dir: Path, manifest: dict) -> None:
     """The files in raw_dir are the ones its manifest lists, by sha256: what tensorise
     reads is what the download stage fetched and verified."""
-    for name, recorded in manifest["files"].items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not (isinstance(files, dict) and all(isinstance(r, dict) and isinstance(
+            r.get("sha256"), str) for r in files.values()) and isinstance(
+            manifest.get("source"), str) and isinstance(manifest.get("splits"), list)
+            and isinstance(manifest.get("digits"), list)):
+        raise UserError(f"{raw_dir}/manifest.json is not the manifest the download stage "
+                        f"writes; rerun `dvc repro download`")
+    for name, recorded in files.items():
         path = raw_dir / name
         if not path.is_file():
             raise UserError(f"{path} is missing, though {raw_dir}/manifest.json lists it; "

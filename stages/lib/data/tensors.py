@@ -85,6 +85,10 @@ def load_tensors(folder: Path = TENSOR_DIR) -> tuple[dict, Split, Split]:
     """data/tensors as tensorise wrote it: its metadata and both splits, refused unless the
     splits are the ones the metadata's fingerprint was taken of."""
     meta = read_json(folder / "meta.json", "the tensorise metadata")
+    if not (isinstance(meta, dict) and isinstance(meta.get("digits"), list)
+            and isinstance(meta.get("target_digits"), list)):
+        raise UserError(f"{folder}/meta.json is not the metadata tensorise writes (no digits "
+                        f"and target_digits lists); rerun `dvc repro tensorise`")
     train, valid = load_split(folder / "train.pt"), load_split(folder / "valid.pt")
     found = tensors_fingerprint(train, valid, meta["digits"], meta["target_digits"])
     if meta.get("tensors") != found:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import signal
@@ -38,6 +39,8 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    if kind == "stage" and in_main_thread:
+        end_with_parent()
     try:
         with timed(name):
             _recover_outputs(name)
@@ -55,6 +58,24 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
             signal.signal(signal.SIGTERM, previous)
     if kind == "stage" and exit_when_done:
         exit_now()
+
+
+def end_with_parent() -> None:
+    """SIGTERM when the parent (`dvc repro`, `make`) dies, and SIGHUP (a closed terminal)
+    taken as SIGTERM: either way the stage stops as on Ctrl-C, its outputs as they were,
+    instead of running on unseen and writing outputs its parent's next run writes too
+    (Linux; elsewhere nothing changes)."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent was already gone before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _recover_outputs(name: str) -> None:

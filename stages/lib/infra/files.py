@@ -32,31 +32,42 @@ _FILE_MODE = 0o666 & ~_UMASK
 _DIR_MODE = 0o777 & ~_UMASK
 
 
-# Temp entries are named .<name>.<pid>.<random>.tmp (folders being swapped out: .old), so the
-# next write of <name> can tell one whose process is gone (SIGKILL, power loss) and remove it.
+# Temp entries are named .<name>.<owner>.<random>.tmp (folders being swapped out: .old), the
+# owner being the writing process (its pid and start time), so the next write of <name> can
+# tell one whose process is gone (SIGKILL, power loss) from one still running, even where a
+# new process has the old one's pid.
+def _owner() -> str:
+    return f"{os.getpid()}-{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> int:
+    return round(psutil.Process(pid).create_time() * 100)
+
+
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}."
+    return f".{path.name}.{_owner()}."
 
 
-_ASIDE = re.compile(r"\.(.+)\.(\d+)\.[^.]+\.aside")
+_OWNER = r"(\d+(?:-\d+)?)"
+_ASIDE = re.compile(rf"\.(.+)\.{_OWNER}\.[^.]+\.aside")
 _NOTHING = ".nothing"  # in a set-aside folder: there was no old folder to set aside
 
 
 def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temp entries an earlier write of `path` left when its process was killed
     outright; a temp of a process that is still running is left alone."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_OWNER}\.[^.]+\.(tmp|old)")
     removed = []
     for entry in path.parent.iterdir() if path.parent.is_dir() else ():
         match = pattern.fullmatch(entry.name)
-        if not match or _is_running(int(match.group(1))):
+        if not match or _is_running(match.group(1)):
             continue
         _remove_entry(entry)
         removed.append(entry)
     return removed
 
 
-_STALE = re.compile(r"\..+\.(\d+)\.[^.]+\.(tmp|old)")
+_STALE = re.compile(rf"\.(.+)\.{_OWNER}\.[^.]+\.(tmp|old)")
 
 
 def _remove_entry(entry: Path) -> None:
@@ -66,14 +77,38 @@ def _remove_entry(entry: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
-def _is_running(pid: int) -> bool:
-    """Whether process `pid` is alive; a zombie (killed, not yet reaped) is not."""
+def _is_running(owner: str) -> bool:
+    """Whether the process that owns a temp (`pid-starttime`, or a bare pid as earlier
+    versions wrote) is alive; a zombie (killed, not yet reaped) is not, nor a process that
+    started later under the same pid."""
+    pid, _, started = owner.partition("-")
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        process = psutil.Process(int(pid))
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            not started or round(process.create_time() * 100) == int(started))
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:  # another user's process: leave its files alone
         return True
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block's renames are all done: a commit or a swap
+    is never cut between two renames by the stage's own stop (a SIGKILL still can, which
+    recover_outputs repairs). Outside the main thread, signals go to the main thread anyway."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class WriteFailed(UserError):
@@ -105,7 +140,8 @@ def together() -> Iterator[None]:
     pending, discards = _pending, _discards
     try:
         yield
-        _commit(pending, discards)
+        with _signals_held():
+            _commit(pending, discards)
     except BaseException:
         for tmp, _ in pending:
             with contextlib.suppress(FileNotFoundError):
@@ -117,7 +153,7 @@ def together() -> Iterator[None]:
 
 # A commit's journal: .outputs.<pid>.<random>.commit in the folder holding all its outputs,
 # naming each temp, its path and the old file's backup, and the set-aside folders to remove.
-_JOURNAL = re.compile(r"\.outputs\.(\d+)\.[^.]+\.(commit|tmp)")
+_JOURNAL = re.compile(rf"\.outputs\.{_OWNER}\.[^.]+\.(commit|tmp)")
 
 
 def _commit(pending: list[tuple[str, Path]], discards: list[Path]) -> None:
@@ -158,10 +194,13 @@ def _write_journal(entries: list[tuple[Path, Path, Path | None]], discards: list
     paths = [path for _, path, _ in entries] + discards
     base = Path(os.path.commonpath([os.path.abspath(p.parent) for p in paths]))
     rel = lambda p: None if p is None else os.path.relpath(os.path.abspath(p), base)  # noqa: E731
-    record = {"replace": [[rel(tmp), rel(path), rel(backup)] for tmp, path, backup in entries],
+    # each file as it stands now (the old one, or none) and as the commit makes it (the temp):
+    # recover_outputs finishes the commit only while the files are one or the other
+    record = {"replace": [[rel(tmp), rel(path), rel(backup), _identity(path), _identity(tmp)]
+                          for tmp, path, backup in entries],
               "discard": [rel(d) for d in discards]}
     try:
-        fd, tmp = tempfile.mkstemp(dir=base, prefix=f".outputs.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=base, prefix=f".outputs.{_owner()}.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             json.dump(record, handle)
             handle.flush()
@@ -173,12 +212,21 @@ def _write_journal(entries: list[tuple[Path, Path, Path | None]], discards: list
     return journal
 
 
+def _identity(path: Path) -> list[int] | None:
+    """What tells a file from a later one at the same path: its inode, size and mtime."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+
+
 def _finish(base: Path, entries: list[tuple[Path, Path, Path | None]],
             discards: list[Path]) -> None:
     """What follows the renames: the old files' backups and the set-aside folders go."""
     for _, _, backup in entries:
         if backup is not None:
-            (base / backup).unlink(missing_ok=True)
+            _remove_entry(base / backup)  # a file, or a folder that stood at the output's path
     for folder in discards:
         shutil.rmtree(base / folder, ignore_errors=True)
 
@@ -193,31 +241,56 @@ def recover_outputs(root: str | os.PathLike = ".") -> list[str]:
         return _recover(root)
     except (OSError, ValueError, KeyError, TypeError) as err:
         cause = getattr(err, "strerror", None) or str(err)
-        raise UserError(f"could not repair what a stopped run left in {root.resolve()}: "
-                        f"{cause}") from None
+        where = getattr(err, "filename", None) or root.resolve()
+        raise UserError(f"could not repair what a stopped run left at {where}: {cause}; "
+                        f"remove it by hand") from None
+
+
+def _finish_or_drop(root: Path, record: dict) -> str:
+    """A killed commit finished, if its files are still each the old one (or none) or the
+    new one; dropped if another run has written them since (`dvc repro` restoring them from
+    its cache, say), whose files then stay."""
+    entries = [(Path(tmp), Path(path), backup and Path(backup), old, new)
+               for tmp, path, backup, old, new in record["replace"]]
+    current = all(_identity(root / path) in ((None, old) if (root / tmp).exists() else (new,))
+                  for tmp, path, _, old, new in entries)
+    paths = ", ".join(str(path) for _, path, _, _, _ in entries)
+    if not current:
+        for tmp, _, backup, _, _ in entries:
+            for leftover in (tmp, backup):
+                if leftover is not None:
+                    _remove_entry(root / leftover)
+        for folder in record["discard"]:
+            shutil.rmtree(root / folder, ignore_errors=True)
+        return (f"dropped the commit of {paths} that a stopped process left half done: those "
+                f"files were written again since")
+    for tmp, path, _, _, _ in entries:
+        if (root / tmp).exists():
+            os.replace(root / tmp, root / path)
+    _finish(root, [(tmp, path, backup) for tmp, path, backup, _, _ in entries],
+            [Path(d) for d in record["discard"]])
+    return f"finished the commit of {paths} that a stopped process left half done"
 
 
 def _recover(root: Path) -> list[str]:
     repaired = []
     for journal in sorted(root.glob(".outputs.*")):
         match = _JOURNAL.fullmatch(journal.name)
-        if not match or _is_running(int(match.group(1))):
+        if not match or _is_running(match.group(1)):
             continue
         if match.group(2) == "commit":
-            record = json.loads(journal.read_text())
-            entries = [(Path(tmp), Path(path), backup and Path(backup))
-                       for tmp, path, backup in record["replace"]]
-            for tmp, path, _ in entries:
-                if (root / tmp).exists():
-                    os.replace(root / tmp, root / path)
-            _finish(root, entries, [Path(d) for d in record["discard"]])
-            repaired.append(f"finished the commit of {', '.join(str(p) for _, p, _ in entries)}"
-                            f" that a stopped process left half done")
+            repaired.append(_finish_or_drop(root, json.loads(journal.read_text())))
         journal.unlink(missing_ok=True)
-    for folder in [root, *(d for d in root.iterdir() if d.is_dir() and not d.is_symlink())]:
+    # the project's folders (not .git, .dvc, .venv nor a temp folder, whose names start
+    # with a dot), the root first: removing a stale temp folder there removes what was in it
+    folders = [root, *sorted(d for d in root.iterdir() if not d.name.startswith(".")
+                             and d.is_dir() and not d.is_symlink())]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
         for aside in sorted(folder.glob(".*.aside")):
             match = _ASIDE.fullmatch(aside.name)
-            if not match or _is_running(int(match.group(2))):
+            if not match or _is_running(match.group(2)):
                 continue
             path = folder / match.group(1)
             # the old folder inside: put it back; the note that there was none: remove what
@@ -229,10 +302,17 @@ def _recover(root: Path) -> list[str]:
             shutil.rmtree(aside)
             repaired.append(f"put back {path.relative_to(root)} as it was before a run that "
                             f"was stopped")
-        for entry in folder.iterdir():  # temps and backups no journal names any more
+        for entry in sorted(folder.iterdir()):  # temps and backups no journal names
             match = _STALE.fullmatch(entry.name)
-            if match and not _is_running(int(match.group(1))):
-                _remove_entry(entry)
+            if not match or _is_running(match.group(2)):
+                continue
+            swapped = entry / match.group(1)  # a folder swap (atomic_dir) killed midway
+            if match.group(3) == "old" and swapped.exists() \
+                    and not (folder / match.group(1)).exists():
+                os.replace(swapped, folder / match.group(1))
+                repaired.append(f"put back {(folder / match.group(1)).relative_to(root)} as "
+                                f"it was before a run that was stopped")
+            _remove_entry(entry)
     return repaired
 
 
@@ -288,7 +368,8 @@ def regular_file(path: str | os.PathLike, what: str) -> Path:
     if stat.S_ISDIR(mode):
         raise UserError(f"{path}: is a folder, not {what}")
     if not stat.S_ISREG(mode):
-        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
         raise UserError(f"{path}: is {kind}, not {what}")
     return path
 
@@ -304,10 +385,23 @@ def decode_text(data: bytes, path: str | os.PathLike) -> str:
                         f"{line} (save it as UTF-8)") from None
 
 
+# The largest text file the pipeline reads (params.yaml, dvc.lock, metrics, manifests) is
+# about 50 kB; anything past this is not one of them, and is not read into memory.
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+
 def read_text(path: str | os.PathLike) -> str:
-    """A text file as UTF-8 (decode_text's error for anything else); FileNotFoundError and
-    the other OSErrors pass on for the caller to name."""
-    return decode_text(Path(path).read_bytes(), path)
+    """A text file as UTF-8 (decode_text's error for anything else). A folder, FIFO or device
+    at `path`, or a file over MAX_TEXT_BYTES, is a UserError naming it, before a byte is read
+    (a FIFO would wait for ever, /dev/zero fill the memory); FileNotFoundError and the other
+    OSErrors pass on for the caller to name."""
+    path = regular_file(path, "a text file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        raise UserError(f"{path}: over {MAX_TEXT_BYTES // 2**20} MiB, not a file this pipeline "
+                        f"writes or reads")
+    return decode_text(data, path)
 
 
 def parse_json(text: str, path: str | os.PathLike, what: str):
@@ -315,6 +409,9 @@ def parse_json(text: str, path: str | os.PathLike, what: str):
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{what} at {path} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise UserError(f"{what} at {path} nests too deep to be read (it is not a file this "
+                        f"pipeline writes)") from None
 
 
 def read_json(path: str | os.PathLike, what: str):
@@ -338,6 +435,9 @@ def parse_yaml(text: str, what: str):
         value = YAML(typ="safe").load(text)
     except YAMLError as err:
         raise UserError(f"{what} is not valid YAML: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise UserError(f"{what}: nests too deep to be read (the pipeline's params are two "
+                        f"levels deep)") from None
     if _expands_past(value, MAX_YAML_VALUES):
         raise UserError(f"{what}: its YAML aliases (*name) expand to over "
                         f"{MAX_YAML_VALUES:,} values (an alias bomb would take for ever to "
@@ -420,7 +520,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise WriteFailed(path, err) from None
     try:
         yield tmp
-        _swap_in(tmp, path)
+        with _signals_held():
+            _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

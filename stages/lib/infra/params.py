@@ -8,6 +8,8 @@ param that nothing reads.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -187,7 +189,7 @@ def validate_params(raw: object, origin: str = PARAMS_FILE) -> Params:
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """params.yaml read as DVC reads it (YAML 1.2), then validated."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UserError(f"{path} not found; run the stages from the project root")
     return validate_params(read_yaml(path, "params"), str(path))
 

@@ -21,7 +21,9 @@ from .files import fingerprint
 
 
 def file_fingerprint(path: str | Path) -> str:
-    return fingerprint(Path(path).read_bytes())
+    """fingerprint() of a file's bytes, read a megabyte at a time."""
+    with open(path, "rb") as handle:
+        return fingerprint(iter(lambda: handle.read(1 << 20), b""))
 
 
 def data_record(meta: dict) -> dict:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.tensors import to_float
 from ..infra.errors import UserError
-from ..infra.files import fingerprint, regular_file
+from ..infra.files import fingerprint, read_text, regular_file
 from ..infra.provenance import labels_problem
 from ..learning.models import SCORES_KEY, TRAINED, load_checkpoint
 from ..learning.predictions import batched_logits, predict, probabilities
@@ -69,8 +69,8 @@ def tensors_meta(path: Path = Path("data/tensors/meta.json")) -> dict | None:
     import json
 
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
+        meta = json.loads(read_text(path))  # a FIFO or a device there is refused, not read
+    except (OSError, ValueError, UserError, RecursionError):
         return None
     return meta if isinstance(meta, dict) else None
 
@@ -295,12 +295,13 @@ def recorded_accuracy(classifier: Classifier,
     metrics_path = metrics_dir / f"{name}.json"
     ours = classifier.path == Path("models") / f"{name}.pt"
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as err:
+        metrics = json.loads(read_text(metrics_path))  # never a FIFO's endless wait
+    except (OSError, ValueError, UserError, RecursionError) as err:
         if not ours:
             return None, None
-        cause = "not found" if isinstance(err, FileNotFoundError) else "not readable JSON"
-        return None, f"{metrics_path} {cause}"
+        cause = ("not found" if isinstance(err, FileNotFoundError) else str(err)
+                 if isinstance(err, UserError) else "not readable JSON")
+        return None, cause if isinstance(err, UserError) else f"{metrics_path} {cause}"
     if not isinstance(metrics, dict):
         return None, f"{metrics_path} is not a JSON object" if ours else None
     why = metrics_mismatch(metrics_path, metrics, classifier.path, classifier.fingerprint,

@@ -41,12 +41,16 @@ LOG_WINDOW_SECONDS = 60  # a repeated log message is counted, and said once a wi
 
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket on host:port, or a UserError saying why it cannot be had."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise UserError(f"--host {host}: not an address of this machine ({err.strerror})") \
             from None
+    except UnicodeError:  # a name part over 63 characters: no DNS name can hold it
+        raise UserError(f"--host {host}: not an address of this machine (a part of the name "
+                        f"is over 63 characters)") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

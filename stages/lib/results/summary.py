@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..infra.errors import UserError
-from ..infra.files import decode_text, parse_json, read_yaml
+from ..infra.files import decode_text, parse_json, read_yaml, regular_file
 from ..infra.provenance import (file_fingerprint, metrics_mismatch, mixed_settings,
                                 recorded_scores, settings_text)
 from .book import book_figure, figure_text, is_book_data
@@ -105,6 +105,30 @@ def check_same_tensors(stages: dict, metrics: dict[str, dict]) -> None:
                         f"numbers; run `dvc repro` to bring them together")
 
 
+# resnet18's checkpoint is 45 MB; the server loads none over this either.
+MAX_CHECKPOINT_BYTES = 512 * 2**20
+
+
+def metrics_shape_problem(path: str, metrics: object, stage: str) -> str | None:
+    """What in a metrics file is not as the stage writes it (None: nothing), e.g. an
+    accuracy edited into a string."""
+    if not isinstance(metrics, dict):
+        return f"{path} holds {type(metrics).__name__}, not the mapping {stage} writes"
+    parts = {f"{kind}.": metrics.get(kind) for kind in ("l1", "l2")} if stage == "baseline" \
+        else {"": metrics}
+    for prefix, scores in parts.items():
+        if not isinstance(scores, dict):
+            return f"{path}: {prefix.rstrip('.')} is {scores!r}, not a mapping of scores"
+        for key in ("accuracy", "balanced_accuracy"):
+            value = scores.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                return f"{path}: {prefix}{key} is {value!r} (expected a number from 0 to 1)"
+    if not isinstance(metrics.get("tensors"), str):
+        return f"{path}: tensors is {metrics.get('tensors')!r} (expected a fingerprint)"
+    return None
+
+
 def checkpoint_of(metrics_path: str) -> Path:
     """metrics/<name>.json's checkpoint: models/<name>.pt."""
     return Path("models") / f"{Path(metrics_path).stem}.pt"
@@ -116,10 +140,15 @@ def checkpoint_mismatches(metrics: dict[str, dict]) -> tuple[dict[str, str], lis
     mismatched, absent = {}, []
     for _, stage, path, _ in MODELS:
         checkpoint = checkpoint_of(path)
-        if not checkpoint.is_file():
+        if not checkpoint.exists():
             absent.append(str(checkpoint))
             continue
         try:
+            size = regular_file(checkpoint, "a checkpoint").stat().st_size
+            if size > MAX_CHECKPOINT_BYTES:
+                raise UserError(f"{checkpoint}: {size / 2**30:.1f} GiB, over the "
+                                f"{MAX_CHECKPOINT_BYTES // 2**20} MiB a checkpoint of this "
+                                f"pipeline takes")
             why = metrics_mismatch(path, metrics[stage], checkpoint,
                                    file_fingerprint(checkpoint), recorded_scores(checkpoint))
         except UserError as err:
@@ -134,13 +163,30 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
     accuracy, the book's figure ("—" where the settings are not the book's), and the seed,
     device, threads and kernels that produced it."""
     metrics = {stage: recorded_metrics(stages, stage, path) for _, stage, path, _ in MODELS}
+    for _, stage, path, _ in MODELS:
+        if (problem := metrics_shape_problem(path, metrics[stage], stage)) is not None:
+            raise UserError(f"{problem}; `dvc repro --force {stage}` writes it again")
     check_same_tensors(stages, metrics)
     first = metrics["baseline"]
     meta = {"source": first["source"], "split": first["split"], "n_train": first["n_train"],
             "n_valid": first["n_valid"],
             "digits": stage_params(stages, "tensorise").get("data.digits"),
             "requested": stage_params(stages, "download").get("data.source")}
+    digits = meta["digits"]
+    if digits is not None and not (isinstance(digits, list)
+                                   and all(isinstance(d, int) for d in digits)):
+        raise UserError(f"dvc.lock records data.digits: {digits!r} for stage 'tensorise' "
+                        f"(expected a list of digits); `dvc repro --force` records it again")
     meta["mismatched"], meta["not_checked"] = checkpoint_mismatches(metrics)
+    try:
+        return _rows(stages, metrics, meta)
+    except (TypeError, AttributeError, ValueError, KeyError) as err:
+        raise UserError(f"dvc.lock records params of another shape than params.yaml takes "
+                        f"({type(err).__name__}: {err}); `dvc repro --force` records them "
+                        f"again") from None
+
+
+def _rows(stages: dict, metrics: dict, meta: dict) -> tuple[dict, list[list[str]]]:
     rows, trained = [], {}
     for name, stage, _, key in MODELS:
         scores = metrics[stage]["l1"] if stage == "baseline" else metrics[stage]
@@ -160,8 +206,14 @@ def summary_rows(stages: dict) -> tuple[dict, list[list[str]]]:
 
 
 def params_base(path: Path = PARAMS) -> dict | None:
-    """params.yaml's base section as it stands now, to hold the recorded settings to."""
-    return (read_yaml(path, "params") or {}).get("base") if path.is_file() else None
+    """params.yaml's base section as it stands now, to hold the recorded settings to (None
+    where params.yaml holds none: check_params, not the summary, says what is wrong there)."""
+    try:
+        params = read_yaml(path, "params") if path.is_file() else None
+    except UserError:
+        return None
+    base = params.get("base") if isinstance(params, dict) else None
+    return base if isinstance(base, dict) else None
 
 
 def render_summary(meta: dict, rows: list[list[str]]) -> str:
@@ -188,5 +240,7 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
                                     break_on_hyphens=False)]
     if fell_back(meta["source"], meta["requested"]):
         lines += ["", FALLBACK_WARNING]
-    lines += ["", "Details: report/report.md; per metric: dvc metrics show"]
+    report = "report/report.md" if Path("report/report.md").is_file() else \
+        "report/report.md (not here: `dvc repro report`)"
+    lines += ["", f"Details: {report}; per metric: dvc metrics show"]
     return "\n".join(lines)
