@@ -353,3 +353,125 @@ def test_the_bracketed_ipv6_loopback_the_docs_name_is_listened_on():
         raise
     assert sock.getsockname()[0] == "::1"
     sock.close()
+
+
+def test_a_full_disk_in_a_folder_swap_names_the_folder_not_its_temp(tmp_path):
+    """Before: `could not write .report.22275.q9ry7_b6.tmp/figures/mean_images.png: No space
+    left on device`, a path the reader never sees."""
+    from stages.lib.infra.files import WriteFailed, atomic_dir
+
+    def full(folder: Path) -> None:
+        raise WriteFailed(folder / "figures" / "mean_images.png",
+                          OSError(28, "No space left on device"))
+
+    with pytest.raises(UserError) as err:
+        with atomic_dir(tmp_path / "report") as tmp:
+            full(tmp)
+    assert str(err.value).startswith(f"could not write {tmp_path / 'report'}/figures/"
+                                     f"mean_images.png: No space left on device")
+    assert hidden(tmp_path) == []
+
+
+def test_a_folder_swap_that_cannot_rename_leaves_no_empty_temp_folder(tmp_path, monkeypatch):
+    """Before: an EBUSY (the folder a mount point) left an empty .report.<pid>.*.old/."""
+    from stages.lib.infra.files import atomic_dir
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("old")
+    real = os.replace
+
+    def busy(source, target):
+        if str(source).endswith(".tmp"):
+            raise OSError(16, "Device or resource busy")
+        return real(source, target)
+
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(UserError, match="Device or resource busy"):
+        with atomic_dir(tmp_path / "report") as tmp:
+            (tmp / "report.md").write_text("new")
+    monkeypatch.setattr(os, "replace", real)
+    assert (tmp_path / "report" / "report.md").read_text() == "old"
+    assert hidden(tmp_path) == []
+
+
+def test_a_seed_study_that_cannot_write_its_rows_keeps_its_old_summary(tmp_path, monkeypatch):
+    """summary.md and runs.tsv are replaced together. Before: a new summary.md beside the
+    old runs.tsv (or none), and `the outputs are left as they were`."""
+    import pandas as pd
+
+    from stages import seed_study
+
+    monkeypatch.setattr(seed_study, "OUT_DIR", tmp_path)
+    (tmp_path / "summary.md").write_text("old summary")
+    real = os.replace
+
+    def full_onto_runs(source, target):  # the disk full as runs.tsv is put in place
+        if str(target).endswith("runs.tsv") and str(source).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real(source, target)
+
+    monkeypatch.setattr(os, "replace", full_onto_runs)
+    runs = pd.DataFrame({"seed": [0, 1], "cnn": [0.99, 0.98]})
+    monkeypatch.setattr(seed_study.experiments, "experiments",
+                        lambda: [type("E", (), {"name": n})() for n in ("seed-0", "seed-1")])
+    monkeypatch.setattr(seed_study, "succeeded", lambda ran: (ran, []))
+    monkeypatch.setattr(seed_study, "study_frame", lambda good: runs)
+    monkeypatch.setattr(seed_study, "summarise", lambda frame: frame)
+    monkeypatch.setattr(seed_study, "summary_markdown", lambda frame: "new table")
+    monkeypatch.setattr(seed_study, "runs_markdown", lambda frame: "new rows")
+    with pytest.raises(UserError, match="runs.tsv: No space left on device"):
+        seed_study.write_summary({0: "seed-0", 1: "seed-1"}, "a study")
+    monkeypatch.setattr(os, "replace", real)
+    assert (tmp_path / "summary.md").read_text() == "old summary"
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("odd", ["fifo", "huge"])
+def test_a_metrics_file_that_is_a_fifo_or_huge_is_named_by_the_summary(tmp_path, odd):
+    """Before: a FIFO was `not found`, and a 30 GB sparse file was read whole."""
+    from tests.test_summary import write_run
+
+    write_run(tmp_path)
+    path = tmp_path / "metrics/mlp.json"
+    path.unlink()
+    if odd == "fifo":
+        os.mkfifo(path)
+        expected = "metrics/mlp.json: is a FIFO (named pipe), not a text file"
+    else:
+        with open(path, "wb") as handle:
+            handle.truncate(30 * 2**30)
+        expected = "metrics/mlp.json: over 16 MiB, not a file this pipeline writes or reads"
+    signal.alarm(30)
+    try:
+        result = summary_of(tmp_path)
+    finally:
+        signal.alarm(0)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error in command 'summary': {expected}" in result.stderr
+
+
+def test_a_dvc_lock_that_is_a_fifo_is_named_not_waited_on(tmp_path):
+    from tests.test_summary import write_run
+
+    write_run(tmp_path)
+    (tmp_path / "dvc.lock").unlink()
+    os.mkfifo(tmp_path / "dvc.lock")
+    signal.alarm(30)
+    try:
+        result = summary_of(tmp_path)
+    finally:
+        signal.alarm(0)
+    assert result.returncode == 2
+    assert "dvc.lock: is a FIFO (named pipe), not a text file" in result.stderr
+
+
+def test_a_huge_tensor_metadata_file_is_not_read_by_predict(tmp_path, monkeypatch):
+    """Before: a 30 GB sparse data/tensors/meta.json was read whole by predict and serve."""
+    from stages.lib.own_digits.classify import tensors_meta
+
+    (tmp_path / "meta.json").touch()
+    with open(tmp_path / "meta.json", "wb") as handle:
+        handle.truncate(30 * 2**30)
+    start = time.monotonic()
+    assert tensors_meta(tmp_path / "meta.json") is None
+    assert time.monotonic() - start < 5

@@ -522,6 +522,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with _signals_held():
             _swap_in(tmp, path)
+    except WriteFailed as err:  # named by the folder the reader knows, not by the temp
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(str(err).replace(str(tmp), str(path))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -539,6 +542,8 @@ def _swap_in(tmp: Path, path: Path) -> None:
     except OSError as err:
         if old is not None and (old / path.name).exists():
             os.replace(old / path.name, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # no empty temp folder left either
         raise WriteFailed(path, err) from None
     if old is not None:
         shutil.rmtree(old)

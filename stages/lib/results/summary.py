@@ -5,12 +5,13 @@ params.yaml, which may have changed since). Torch-free, so it answers at once.""
 from __future__ import annotations
 
 import hashlib
+import os
 import textwrap
 from pathlib import Path
 
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..infra.errors import UserError
-from ..infra.files import decode_text, parse_json, read_yaml, regular_file
+from ..infra.files import decode_text, parse_json, read_text, read_yaml, regular_file
 from ..infra.provenance import (file_fingerprint, metrics_mismatch, mixed_settings,
                                 recorded_scores, settings_text)
 from .book import book_figure, figure_text, is_book_data
@@ -30,7 +31,7 @@ MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
 def locked_stages(lock: Path = LOCK) -> dict:
     """dvc.lock's stages, each checked to have the shape DVC writes (what the summary reads
     of it): anything else is one line naming the stage and the key, not a traceback."""
-    if not lock.is_file():
+    if not os.path.lexists(lock):
         raise UserError(f"{lock} not found: no pipeline run to summarise; run `dvc repro`")
     locked = read_yaml(lock, "dvc.lock") or {}
     stages = locked.get("stages", {}) if isinstance(locked, dict) else None
@@ -70,9 +71,9 @@ def recorded_metrics(stages: dict, stage: str, path: str) -> dict:
         raise UserError(f"dvc.lock has no stage '{stage}': run `dvc repro`")
     recorded = {out["path"]: out.get("md5") for out in stages[stage].get("outs", [])}
     file = Path(path)
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise UserError(f"{path} not found; run `dvc repro {stage}` (or `dvc checkout`)")
-    data = file.read_bytes()
+    data = read_text(file).encode()  # never a FIFO's wait, nor a huge file read whole
     if hashlib.md5(data).hexdigest() != recorded.get(path):
         raise UserError(f"{path} is not the file dvc.lock records for stage '{stage}' (it "
                         f"changed after DVC ran the stage); run `dvc repro` to bring them "
