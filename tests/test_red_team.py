@@ -117,7 +117,9 @@ def test_a_temp_whose_pid_a_new_process_took_is_still_stale(tmp_path):
     """A temp is its writer's by pid and start time: after a reboot (or by chance) a new
     process with the same pid kept the dead one's journal and temps alive. Before: the
     temps were named by pid alone."""
-    pid, started = os.getpid(), round(psutil.Process().create_time() * 100)
+    from stages.lib.infra.files import _owner
+
+    pid, started = os.getpid(), _owner().split("-")[1]
     reused = tmp_path / "models" / f".m.pt.{pid}-1.abcd1234.tmp"  # this pid, not its start
     reused.parent.mkdir()
     reused.write_text("a dead writer's")
@@ -475,3 +477,19 @@ def test_a_huge_tensor_metadata_file_is_not_read_by_predict(tmp_path, monkeypatc
     start = time.monotonic()
     assert tensors_meta(tmp_path / "meta.json") is None
     assert time.monotonic() - start < 5
+
+
+def test_a_step_of_the_wall_clock_does_not_make_a_running_writer_s_temps_stale(tmp_path,
+                                                                             monkeypatch):
+    """A temp's owner is its writer's pid and start in clock ticks since boot. Before, the
+    start was psutil's create_time, which a step of the wall clock (NTP, a resumed VM) moves:
+    the next command then took a running stage's temps for a dead one's and removed them."""
+    from stages.lib.infra.files import _owner
+
+    ours = tmp_path / "models" / f".m.pt.{_owner()}.abcd1234.tmp"
+    ours.parent.mkdir()
+    ours.write_text("a running writer's")
+    real = psutil.Process.create_time
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: real(self) + 3600)
+    recover_outputs(tmp_path)
+    assert ours.exists()

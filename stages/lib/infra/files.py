@@ -41,7 +41,14 @@ def _owner() -> str:
 
 
 def _start_time(pid: int) -> int:
-    return round(psutil.Process(pid).create_time() * 100)
+    """When process `pid` started, in clock ticks since boot (Linux's /proc/PID/stat): a
+    step of the wall clock (NTP, a resumed VM) moves psutil's create_time, not this."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22, counted from the state, field 3
+    except (OSError, IndexError, ValueError):
+        return round(psutil.Process(pid).create_time() * 100)
 
 
 def _temp_prefix(path: Path) -> str:
@@ -85,7 +92,7 @@ def _is_running(owner: str) -> bool:
     try:
         process = psutil.Process(int(pid))
         return process.status() != psutil.STATUS_ZOMBIE and (
-            not started or round(process.create_time() * 100) == int(started))
+            not started or _start_time(int(pid)) == int(started))
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:  # another user's process: leave its files alone
