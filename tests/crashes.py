@@ -73,8 +73,10 @@ class Counter:
 
 def run_once(module: str, kill_at: int | None, report: int) -> None:
     """The child: the stage as `python -m` runs it, counted; its op count to `report`."""
+    import stages
     from stages.lib.infra import errors
 
+    stages.PARENT = os.getppid()  # this fork's parent is the harness, not the harness's
     errors.exit_when_done = False  # return here, to report the count
     os.dup2(2, 1)  # the stage's output to stderr: stdout answers the test
     counter = Counter(kill_at)

@@ -65,13 +65,14 @@ def end_with_parent() -> None:
     taken as SIGTERM: either way the stage stops as on Ctrl-C, its outputs as they were,
     instead of running on unseen and writing outputs its parent's next run writes too
     (Linux; elsewhere nothing changes)."""
+    from stages import PARENT  # the parent as the process started
+
     signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
-    parent = os.getppid()
     try:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # the parent was already gone before prctl
+    if os.getppid() != PARENT:  # the parent died before prctl
         os.kill(os.getpid(), signal.SIGTERM)
 
 
