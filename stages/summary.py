@@ -6,17 +6,8 @@ from __future__ import annotations
 
 from stages.lib.infra.errors import UserError, run_stage
 from stages.lib.infra.gitindex import repair_hidden_changes, results_changed
-from stages.lib.results.summary import locked_stages, render_summary, summary_rows
-
-
-# DVC ends a run that changed dvc.lock with "To track the changes with git, run: git add
-# dvc.lock"; this says when to follow it.
-UNCOMMITTED = (
-    "\ndvc.lock and metrics/ differ from the last commit (DVC's `git add dvc.lock` hint is about\n"
-    "them). Commit both only to make these the project's results: `git add dvc.lock metrics &&\n"
-    "git commit`. `make reset` goes back to the committed ones. With base.kernels: portable on\n"
-    "the CPU, every x86-64 machine computes the same dvc.lock; one from the native kernels or a\n"
-    "GPU holds for that machine alone.")
+from stages.lib.results.summary import (UNCOMMITTED, locked_stages, render_summary,
+                                        summary_rows)
 
 
 def main() -> None:

@@ -386,7 +386,7 @@ def test_a_fresh_clone_runs_experiments_and_resets_without_losing_a_model(tmp_pa
     # The sample's one-epoch CNN: 800 images in batches of 128, below the baseline.
     report = (clone / "report/report.md").read_text()
     assert re.search(r"> \*\*cnn: accuracy 0\.\d+ is below the pixel-similarity baseline's "
-                     r"0\.\d+; 6 optimizer steps are too few to mean much \(1 epoch\(s\) of 800 "
+                     r"0\.\d+; too few optimizer steps to mean much \(1 epoch\(s\) of 800 "
                      r"images in batches of 128: 6 optimizer steps\)\. What to do: train on real "
                      r"MNIST", report), report.split("## Models")[1][:800]
     trained = output_files(clone)

@@ -114,8 +114,8 @@ def test_the_offline_samples_cnn_is_explained_with_what_to_do(tmp_path):
     printed = run_module(tmp_path, "stages.summary", check=True).stdout
     assert max(len(line) for line in printed.splitlines()) <= 100  # wrapped for a terminal
     output = words(printed)
-    assert ("cnn: accuracy 0.6450 is below the pixel-similarity baseline's 0.9514; 6 "
-            "optimizer steps are too few to mean much (1 epoch(s) of 800 images in batches "
+    assert ("cnn: accuracy 0.6450 is below the pixel-similarity baseline's 0.9514; too "
+            "few optimizer steps to mean much (1 epoch(s) of 800 images in batches "
             "of 128: 6 optimizer steps). What to do: train on real MNIST (`MNIST_MIRRORS="
             "/path/to/mnist make run`: 15 times the images), or on this sample `dvc exp run "
             "-S train_cnn.epochs=4 -S train_cnn.batch_size=32` (100 steps).") in output

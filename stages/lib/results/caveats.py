@@ -48,7 +48,7 @@ def caveats(baseline: dict, trained: dict[str, tuple[dict, dict]], n_train: int,
             why.append(f"accuracy {scores['accuracy']:.4f} is below the pixel-similarity "
                        f"baseline's {baseline['accuracy']:.4f}")
         if steps < MIN_STEPS:
-            why.append(f"{steps} optimizer steps are too few to mean much")
+            why.append("too few optimizer steps to mean much")  # how many: in `how`
         if not why:
             continue
         if source == SAMPLE:

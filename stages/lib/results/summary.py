@@ -21,6 +21,16 @@ from .markdown import text_table
 LOCK = Path("dvc.lock")
 PARAMS = Path("params.yaml")
 WIDTH = 92  # of the notes under the table, as wide as the fallback warning
+
+# DVC ends a run that changed dvc.lock with "To track the changes with git, run: git add
+# dvc.lock"; this says when to follow it.
+UNCOMMITTED = (
+    "\ndvc.lock and metrics/ differ from the last commit (DVC's `git add dvc.lock` hint is about\n"
+    "them). Commit both only to make these the project's results: `git add dvc.lock metrics &&\n"
+    "git commit`. `make reset` goes back to the committed params; from real MNIST they give the\n"
+    "committed results (offline, the sample's). With base.kernels: portable on the CPU, every\n"
+    "x86-64 machine computes the same dvc.lock; one from the native kernels or a GPU holds for\n"
+    "that machine alone.")
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
 MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
           ("linear", "train_linear", "metrics/linear.json", "linear"),
