@@ -219,13 +219,14 @@ def test_a_cnn_fit_with_and_without_the_speed_ups_ends_alike():
 
 
 
-def test_a_gpu_s_model_keeps_its_layout_and_convs():
-    """On a GPU, channels-last gave a resnet18 gradients 7.6% off (docs/performance.md#gpu):
-    speed_up changes only the optimizer of a model that is not on the CPU. (A model on the
-    `meta` device stands in for one on a GPU: any device but the CPU takes this path.)"""
+def test_a_gpu_s_model_is_channels_last_with_torch_s_own_convs():
+    """Skipping padding taps is for oneDNN's CPU kernels: on any device but the CPU (the
+    `meta` device stands in for a GPU), speed_up makes the model channels-last, keeps its
+    convs and replaces its optimizer."""
     model = build_model({"kind": "cnn", "n_outputs": 2}).to("meta")
     model, opt = speed_up(model, Adam(model, lr=1e-3))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(type(m) is nn.Conv2d for m in convs)
-    assert all(m.weight.is_contiguous() for m in convs)  # NCHW, not channels-last
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not convs[1].weight.is_contiguous()  # a 64×64×3×3: NHWC is not NCHW
     assert isinstance(opt, FusedAdam)

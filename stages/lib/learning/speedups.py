@@ -28,18 +28,15 @@ from .optim import Adam
 
 
 def speed_up(model: nn.Module, opt: Adam) -> tuple[nn.Module, "FusedAdam"]:
-    """The model with its convs skipping padding-only taps and computing channels-last (in
+    """The model computing channels-last, its convs skipping padding-only taps on the CPU (in
     place: same weights, same state_dict keys), and an optimizer computing `opt`'s step in
     torch's fused kernel. Call it before the first step: `opt`'s settings carry over, not
     its state."""
     if opt.steps:
         raise ValueError("speed_up takes an optimizer that has not stepped yet")
     if next(model.parameters()).device.type == "cpu":
-        # Speed-ups for the CPU's kernels only. On a GPU (an H200, torch 2.11, cuDNN 9.19),
-        # a channels-last resnet18's gradients were 7.6% off float64's where NCHW's were
-        # 3e-5 off (docs/performance.md#gpu); skipping padding taps gains a GPU nothing.
-        skip_padding_taps(model)
-        channels_last(model)
+        skip_padding_taps(model)  # a speed-up for oneDNN's CPU kernels only
+    channels_last(model)
     return model, FusedAdam(opt)
 
 
