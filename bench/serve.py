@@ -4,12 +4,13 @@ memory it keeps.
     python -m bench.serve                  # the models in models/
     python -m bench.serve --requests 200 --model cnn
 
-Each request sends what the page sends as a stroke ends: a 280×280 PNG data URL of a digit
-drawn black on white (MNIST test digits scaled 10×, a different one each time, from the
+Each request sends what the page sends while a digit is drawn: a 280×280 PNG data URL of a
+digit drawn black on white, to /api/predict?why=1 (every answer with its why; `--no-why`: the
+answers alone) (MNIST test digits scaled 10×, a different one each time, from the
 pipeline's data/raw/ or ../shared/mnist). It measures:
 - 1, 10 and 50 clients at once, each its own address (127.0.0.x) posting one drawing after
-  another: the server-side time (its Server-Timing header: reading, waiting in the queue,
-  preparing, every model's answer), the time to an answer's p50 and p95 (a client turned
+  another: the server-side time's p50 and p95 (its Server-Timing header: reading, waiting in
+  the queue, preparing, every model's answer and why), the time to an answer's p50 and p95 (a client turned
   away with 503, the queue full, waits Retry-After and tries again, as the page does),
   answers per second, and how many tries were turned away;
 - the server's memory (RSS) idle, and after 1,000 requests of which 50 are 4000×4000 noise
@@ -62,6 +63,9 @@ def drawings(n: int) -> list[bytes]:
     return bodies
 
 
+PREDICT = "/api/predict?why=1"  # as the page asks
+
+
 def send(port: int, body: bytes, kind: str, source: str) -> tuple[int, float, float | None, int]:
     """(status, ms until answered, server-side ms, 503s first) of one POST, each try on its
     own connection; turned away (503, the queue full), it waits Retry-After and tries again,
@@ -71,7 +75,7 @@ def send(port: int, body: bytes, kind: str, source: str) -> tuple[int, float, fl
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
                                                 source_address=(source, 0))
         try:
-            connection.request("POST", "/api/predict", body, {"Content-Type": kind})
+            connection.request("POST", PREDICT, body, {"Content-Type": kind})
             response = connection.getresponse()
             answer = json.loads(response.read())
             timing, retry = response.getheader("Server-Timing"), response.getheader("Retry-After")
@@ -113,7 +117,8 @@ def load(port: int, bodies: list[bytes], clients: int) -> dict:
     return {"clients": clients, "requests": len(results), "answered": len(answered),
             "busy_503": sum(r[3] for r in results),
             "other": sorted({r[0] for r in results} - {200}),
-            "server_p50_ms": statistics.median(server), "round_trip_p50_ms":
+            "server_p50_ms": statistics.median(server),
+            "server_p95_ms": float(np.percentile(server, 95)), "round_trip_p50_ms":
                 statistics.median(trips), "round_trip_p95_ms": float(np.percentile(trips, 95)),
             "answers_per_s": len(answered) / seconds}
 
@@ -136,7 +141,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300,
                         help="drawings per load level (default 300)")
     parser.add_argument("--model", action="append", metavar="NAME|PATH")
+    parser.add_argument("--no-why", action="store_true",
+                        help="ask for the answers alone (/api/predict), not their why")
     args = parser.parse_args()
+    global PREDICT
+    if args.no_why:
+        PREDICT = "/api/predict"
     bodies = drawings(args.requests + WARM_UP)
     extra = [arg for model in args.model or [] for arg in ("--model", model)]
     process, url = start_server(Path("."), *extra)
@@ -148,16 +158,17 @@ def main() -> None:
         connection.close()
         for body in bodies[:WARM_UP]:
             send(port, body, "application/json", "127.0.0.1")
-        print(f"POST /api/predict: drawings (280×280 PNG data URLs), models: {', '.join(names)}; "
+        print(f"POST {PREDICT}: drawings (280×280 PNG data URLs), models: {', '.join(names)}; "
               f"cpu: {cpu_name()}, {psutil.cpu_count()} cores")
         print("each client its own address, one drawing after another; a 503 (the queue full) "
               "waits Retry-After and tries again, as the page does")
         print(f"{'clients':>8} {'answered':>9} {'503 first':>10} {'server p50':>11} "
-              f"{'answer p50':>11} {'answer p95':>11} {'answers/s':>10}")
+              f"{'server p95':>11} {'answer p50':>11} {'answer p95':>11} {'answers/s':>10}")
         for clients in (1, 10, 50):
             row = load(port, bodies[WARM_UP:], clients)
             print(f"{clients:>8} {row['answered']:>9} {row['busy_503']:>10} "
-                  f"{row['server_p50_ms']:>8.1f} ms {row['round_trip_p50_ms']:>8.1f} ms "
+                  f"{row['server_p50_ms']:>8.1f} ms {row['server_p95_ms']:>8.1f} ms "
+                  f"{row['round_trip_p50_ms']:>8.1f} ms "
                   f"{row['round_trip_p95_ms']:>8.1f} ms {row['answers_per_s']:>10.1f}"
                   + (f"  other statuses: {row['other']}" if row["other"] else ""))
         idle, after = memory_after_a_thousand(port, process.pid, bodies[WARM_UP:])

@@ -19,9 +19,8 @@ import numpy as np
 
 from stages.lib.infra.errors import EXIT_USER_ERROR, UserError, run_stage
 from stages.lib.infra.files import atomic_open
-from stages.lib.learning.models import TRAINED
-from stages.lib.own_digits.classify import (answer_range, as_json, classify, load_classifiers,
-                                            results_table)
+from stages.lib.own_digits.classify import (ANSWERING, answer_range, as_json, classify,
+                                            load_classifiers, results_table)
 from stages.lib.own_digits.prepare import read_digit
 
 
@@ -31,7 +30,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                  "pipeline's trained models.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     parser.add_argument("--model", action="append", metavar="NAME|PATH",
-                        help=f"{', '.join(TRAINED)} or a checkpoint file; repeat for several "
+                        help=f"{', '.join(ANSWERING)} or a checkpoint file; repeat for several "
                              f"(default: every model in models/)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--prepared", type=Path, metavar="DIR",
@@ -84,8 +83,8 @@ def main(argv: list[str]) -> int:
     for path, message in errors.items():
         print(f"predict: {message}", file=sys.stderr)
     for name in untrained:
-        print(f"predict: {name}: models/{name}.pt not trained yet, skipped "
-              f"(`dvc repro train_{name}` trains it)", file=sys.stderr)
+        print(f"predict: {name}: models/{name}.pt not made yet, skipped "
+              f"(`dvc repro {ANSWERING[name]}` makes it)", file=sys.stderr)
     if args.json:
         print(json.dumps(as_json(classifiers, rows, errors), indent=2, allow_nan=False))
     else:

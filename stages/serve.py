@@ -17,9 +17,8 @@ import argparse
 import sys
 
 from stages.lib.infra.errors import run_stage
-from stages.lib.learning.models import TRAINED
-from stages.lib.own_digits.app import make_app
-from stages.lib.own_digits.classify import ServedModels
+from stages.lib.own_digits.app import make_app, models_thread
+from stages.lib.own_digits.classify import ANSWERING, ServedModels
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -30,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="default 8000")
     parser.add_argument("--model", action="append", metavar="NAME|PATH",
-                        help=f"{', '.join(TRAINED)} or a checkpoint file; repeat for several "
+                        help=f"{', '.join(ANSWERING)} or a checkpoint file; repeat for several "
                              f"(default: every model in models/)")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
@@ -65,7 +64,9 @@ def main(argv: list[str]) -> None:
 
     args = parse_args(argv)
     served = ServedModels(args.model)
-    served.start(every=bool(args.model))  # a missing or foreign checkpoint: one message now
+    worker = models_thread()  # loads the models, then answers with them: one thread for torch
+    # a missing or foreign checkpoint: one message now
+    worker.submit(served.start, bool(args.model)).result()
     sock = listen(args.host, args.port)   # a port in use: one message, before any banner
     total, per_client = connection_caps()
     log = logging.getLogger("stages.serve")
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> None:
     if not is_loopback(args.host):
         print(f"serve: listening on {args.host}: anyone who can reach this port can use the "
               f"page and the API; there is no authentication", file=sys.stderr, flush=True)
-    config = uvicorn.Config(make_app(served, hosts, args.port, any_ip, counts),
+    config = uvicorn.Config(make_app(served, hosts, args.port, any_ip, counts, worker),
                             http=guarded(total, per_client, counts), log_level="warning",
                             timeout_keep_alive=KEEP_ALIVE_SECONDS, server_header=False,
                             timeout_graceful_shutdown=3, lifespan="off", backlog=BACKLOG,

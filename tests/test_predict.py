@@ -4,6 +4,7 @@ inverted, upscaled, padded, in colour, as JPEG), its errors, and the models as D
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from stages.lib.learning.predictions import batched_logits, predict
 from stages.lib.learning.models import load_checkpoint
 from tests.helpers import ROOT, copy_project, git, run, run_module
 
-MODELS = ("linear", "mlp", "cnn")
+MODELS = ("baseline", "linear", "mlp", "cnn")  # as predict and the page list them
+TRAINED = MODELS[1:]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,14 @@ def run_predict(folder, *args, check=True):
 
 
 def tensor_predictions(project, name, images) -> list[int]:
-    """What a model predicts for MNIST images given as tensors, as the report computes it."""
+    """What a model predicts for MNIST images given as tensors, as the report computes it
+    (the baseline: the nearest mean image by L1, as its stage scores it)."""
+    if name == "baseline":
+        from stages.lib.learning.similarity import load_means, predict_nearest
+
+        saved = load_means(project / "models/baseline.pt")
+        nearest = predict_nearest(torch.from_numpy(images), saved["means"], "l1")
+        return [saved["target_digits"][t] for t in nearest.tolist()]
     model, checkpoint = load_checkpoint(project / f"models/{name}.pt")
     x = torch.from_numpy(images).view(len(images), -1).float() / 255
     return [checkpoint["target_digits"][t] for t in predict(batched_logits(model, x)).tolist()]
@@ -180,6 +189,9 @@ def test_predict_agrees_with_the_models_on_mnist_images_as_files(book_project, m
     for kind in ("upscaled", "padded"):  # resampled: the models' own error rate allows ~2%
         assert min(agreement(result, written, expected, kind).values()) >= 0.95, kind
     for row in result["images"]:
+        nearest = row["predictions"].pop("baseline")
+        assert set(nearest["distances"]) == {"3", "7"}
+        assert nearest["distances"][str(nearest["digit"])] == min(nearest["distances"].values())
         for answer in row["predictions"].values():
             assert answer["digit"] in (3, 7) and set(answer["probabilities"]) == {"3", "7"}
             assert answer["probability"] == max(answer["probabilities"].values())
@@ -210,8 +222,8 @@ def test_bad_images_are_named_and_the_good_ones_still_classified(book_project, m
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 3 and all(str(path) in line for path, line in zip(bad, errors))
-    row = result.stdout.splitlines()[-1].split()  # file, then digit (probability) per model
-    assert row[0] == str(good) and row[1::2] == ["3", "3", "3"]
+    row = result.stdout.splitlines()[-1]  # file, then `digit (probability)` per model
+    assert row.startswith(str(good)) and re.findall(r"(\d) \(", row) == ["3"] * 4
 
 
 def test_missing_checkpoints_say_to_run_dvc_repro(tmp_path, mnist_test):
@@ -224,7 +236,7 @@ def test_missing_checkpoints_say_to_run_dvc_repro(tmp_path, mnist_test):
     assert asked.returncode == 2
     assert "models/cnn.pt not found; run `dvc repro train_cnn` first" in asked.stderr
     wrong = run_predict(tmp_path, str(image), "--model", "resnet", check=False)
-    assert wrong.returncode == 2 and "--model resnet: expected one of linear" in wrong.stderr
+    assert wrong.returncode == 2 and "--model resnet: expected one of baseline, linear" in wrong.stderr
 
 
 def test_only_trained_models_are_used_by_default(book_project, mnist_test, tmp_path):
@@ -233,8 +245,8 @@ def test_only_trained_models_are_used_by_default(book_project, mnist_test, tmp_p
     image = tmp_path / "digit.png"
     Image.fromarray(mnist_test[0][0]).save(image)
     result = run_predict(project, str(image))
-    assert result.stdout.splitlines()[-2].split() == ["file", "linear", "mlp"]
-    assert "cnn: models/cnn.pt not trained yet, skipped" in result.stderr
+    assert result.stdout.splitlines()[-2].split() == ["file", "baseline", "linear", "mlp"]
+    assert "cnn: models/cnn.pt not made yet, skipped" in result.stderr
 
 
 def test_ten_digit_models_answer_every_digit(ten_digit_project, mnist_test, tmp_path):
@@ -250,7 +262,7 @@ def test_ten_digit_models_answer_every_digit(ten_digit_project, mnist_test, tmp_
     assert all(len(row["predictions"]["cnn"]["probabilities"]) == 10
                for row in result["images"])
     table = run_predict(project, written[0][0]).stdout
-    assert "linear, mlp, cnn: trained on all ten digits" in table
+    assert "baseline, linear, mlp, cnn: trained on all ten digits" in table
 
 
 # --- the models as DVC artifacts -----------------------------------------------------------
@@ -259,10 +271,10 @@ def test_models_are_dvc_artifacts_that_dvc_fetches(book_project, mnist_test, tmp
     import dvc.api
 
     project = copy_project(book_project[0], tmp_path / "registry")
-    for name in MODELS:  # register a version, as `gto register mnist-NAME` does
+    for name in TRAINED:  # register a version, as `gto register mnist-NAME` does
         git(project, "tag", "-a", f"mnist-{name}@v1.0.0", "-m", f"{name} on 3/7")
     head = git(project, "rev-parse", "HEAD").strip()
-    for name in MODELS:
+    for name in TRAINED:
         shown = dvc.api.artifacts_show(f"mnist-{name}", repo=str(project))
         assert shown == {"rev": head, "path": f"models/{name}.pt"}
 

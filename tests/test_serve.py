@@ -71,8 +71,8 @@ def serving(project: Path, *args: str):
         process.wait(timeout=30)
 
 
-def post(url: str, body: bytes, kind: str) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}/api/predict", data=body,
+def post(url: str, body: bytes, kind: str, query: str = "") -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/api/predict{query}", data=body,
                                      headers={"Content-Type": kind}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -191,8 +191,8 @@ def test_a_checkpoint_rewritten_while_serving_answers_the_next_request(tiny, sev
 def test_no_trained_model_is_one_message_before_serving(tmp_path):
     result = run_module(tmp_path, "stages.serve", "--port", str(free_port()))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run `dvc repro` first" \
-        in result.stderr
+    assert ("no trained model in models/ (baseline.pt, linear.pt, mlp.pt, cnn.pt); run `dvc "
+            "repro` first") in result.stderr
 
 
 # --- the page, in a real browser -----------------------------------------------------------
@@ -231,11 +231,18 @@ def answered(driver) -> bool:
     return sent is not None and body.get_attribute("data-answered") == sent
 
 
-def shown_answers(driver) -> dict[str, tuple[int, str]]:
-    return {card.get_attribute("data-model"): (
-        int(card.find_element("class name", "digit").get_attribute("data-digit")),
-        card.find_element("class name", "digit").get_attribute("data-probability"))
-        for card in driver.find_elements("class name", "model")}
+def shown_answers(driver) -> dict[str, str]:
+    """Each model's answer as the page shows it, in predict's words: `3 (0.998)`, and the
+    baseline's `3 (L1 0.071)`."""
+    return {card.get_attribute("data-model"):
+            card.find_element("class name", "digit").get_attribute("data-answer")
+            for card in driver.find_elements("class name", "model")}
+
+
+def as_predict_says(predictions: dict) -> dict[str, str]:
+    from stages.lib.own_digits.classify import answer_text
+
+    return {name: answer_text(p) for name, p in predictions.items()}
 
 
 def trace(driver, pixels: np.ndarray) -> None:
@@ -277,10 +284,9 @@ def test_the_page_answers_a_drawn_digit_as_predict_does(browser, book_project, s
         drawing = tmp_path / "drawing.png"
         drawing.write_bytes(base64.b64decode(sent.split(",", 1)[1]))
         expected = predict_json(project, drawing)["images"][0]["predictions"]
-        assert list(shown) == ["linear", "mlp", "cnn"]
-        assert shown == {name: (p["digit"], f"{p['probability']:.3f}")
-                         for name, p in expected.items()}
-        assert shown["cnn"][0] == 7  # the traced 7 reads as one
+        assert list(shown) == ["baseline", "linear", "mlp", "cnn"]
+        assert shown == as_predict_says(expected)
+        assert shown["cnn"].startswith("7 (")  # the traced 7 reads as one
         assert prepared.startswith("data:image/png;base64,")
 
         # A file chosen with the page's file input: the same answers as predict on it.
@@ -291,10 +297,54 @@ def test_the_page_answers_a_drawn_digit_as_predict_does(browser, book_project, s
         wait_for(browser, lambda d: answered(d) and d.find_element(
             "tag name", "body").get_attribute("data-sent") != before)
         expected = predict_json(project, photo)["images"][0]["predictions"]
-        assert shown_answers(browser) == {name: (p["digit"], f"{p['probability']:.3f}")
-                                          for name, p in expected.items()}
+        assert shown_answers(browser) == as_predict_says(expected)
         logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert logs == []
+
+
+@pytest.mark.pipeline
+def test_the_answers_follow_the_pen_while_it_is_down(browser, book_project, seven):
+    """Live while drawing: with the mouse button held, the answers, the image the models saw
+    and each model's why change as the stroke grows; one request at most is in flight."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    ink = np.argwhere(seven > 127)  # the 7's pixels, top row first: the pen's path
+    path = ink[np.lexsort((ink[:, 1], ink[:, 0]))][::6]
+    with serving(book_project[0]) as url:
+        browser.get(url)
+        wait_for(browser, lambda d: d.find_element("id", "status").text == "Draw a digit.")
+        canvas = browser.find_element("id", "pad")
+        pen = ActionBuilder(browser, mouse=PointerInput(interaction.POINTER_MOUSE, "mouse"))
+        y, x = path[0]
+        pen.pointer_action.move_to(canvas, int(x) * 10 + 5 - 140, int(y) * 10 + 5 - 140)
+        pen.pointer_action.pointer_down()
+        pen.perform()
+        body = browser.find_element("tag name", "body")
+        seen = []
+        for y, x in path[1:]:
+            pen.pointer_action.move_to(canvas, int(x) * 10 + 5 - 140, int(y) * 10 + 5 - 140)
+            pen.pointer_action.pause(0.05)
+            pen.perform()
+            sent, answered_ = (int(body.get_attribute(name) or 0)
+                               for name in ("data-sent", "data-answered"))
+            assert sent - answered_ <= 1  # never a queue of requests
+            if body.get_attribute("data-answered-while-drawing"):
+                seen.append((browser.find_element("id", "prepared").get_attribute("src"),
+                             tuple(shown_answers(browser).values()),
+                             tuple(e.get_attribute("src") for e in browser.find_elements(
+                                 "css selector", ".why-view img"))))
+        assert body.get_attribute("data-strokes") is None  # the button is still down
+        pen.pointer_action.pointer_up()
+        pen.perform()
+        wait_for(browser, answered)
+        assert body.get_attribute("data-strokes") == "1"
+    assert len(seen) >= 5, seen  # answered again and again before the button went up
+    assert len({prepared for prepared, _, _ in seen}) >= 3
+    assert len({answers for _, answers, _ in seen}) >= 2
+    assert len({why for _, _, why in seen}) >= 3
+    assert all(len(answers) == 4 for _, answers, _ in seen)
 
 
 def test_the_page_names_a_model_that_cannot_answer(browser, tiny, seven):

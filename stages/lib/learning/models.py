@@ -141,13 +141,19 @@ def load_checkpoint(path: str | Path, stage: str = "",
     """
     checkpoint = load_pt(path, CHECKPOINT_KEYS, "checkpoint", stage, frozenset({SCORES_KEY}),
                          content)
+    return rebuild(checkpoint, path), checkpoint
+
+
+def rebuild(checkpoint: dict, path: str | Path) -> nn.Module:
+    """The model a loaded checkpoint (`path`) holds, in evaluation mode, once
+    checkpoint_problems finds nothing wrong with it."""
     problems = checkpoint_problems(checkpoint)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise UserError(f"{path} is not a checkpoint this pipeline wrote:\n{listing}")
     model = build_model(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint
+    return model.eval()
 
 
 def _whole(value: object, low: int, high: int | None = None) -> bool:

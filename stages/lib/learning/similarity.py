@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..data.tensors import to_float
 from ..infra.provenance import data_record
@@ -75,7 +76,40 @@ def nearest_margin(dists: torch.Tensor) -> torch.Tensor:
     return two[:, 1] - two[:, 0]
 
 
+class NearestMean(nn.Module):
+    """The baseline as a model that scores digits: for flat images (N×784 in [0, 1]), minus
+    the L1 distance (`mnist_distance`) to each mean image. The nearest mean scores highest,
+    and a tie goes to the lower class, so it answers as predict_nearest does."""
+
+    def __init__(self, means: torch.Tensor):
+        super().__init__()
+        self.register_buffer("means", means)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -mnist_distance(x.view(-1, 1, 28, 28), self.means[None])
+
+
 BASELINE_KEYS = {"means", "digits", "target_digits", "tensors"}
+
+
+def means_problems(data: dict) -> list[str]:
+    """What does not add up in a loaded baseline checkpoint: its digits, and one finite
+    28×28 mean image in [0, 1] per target digit. Empty for one save_means wrote."""
+    digits, targets, means = data["digits"], data["target_digits"], data["means"]
+    if not (isinstance(digits, list) and 2 <= len(digits) <= 10 and len(set(map(str, digits)))
+            == len(digits) and all(isinstance(d, int) and 0 <= d <= 9 for d in digits)):
+        return [f"digits is {digits!r} (expected two to ten distinct digits 0-9)"]
+    if not (isinstance(targets, list) and sorted(targets, key=str) == sorted(digits, key=str)):
+        return [f"target_digits is {targets!r} (expected the digits {digits} in some order)"]
+    shape = (len(targets), 28, 28)
+    if not (isinstance(means, torch.Tensor) and means.dtype == torch.float32
+            and tuple(means.shape) == shape):
+        found = (f"{tuple(means.shape)} {means.dtype}" if isinstance(means, torch.Tensor)
+                 else type(means).__name__)
+        return [f"means is {found} (expected float32 {shape}: a mean image per digit)"]
+    if not (means.isfinite().all() and means.min() >= 0 and means.max() <= 1):
+        return ["means holds values outside [0, 1] (a mean of pixels cannot)"]
+    return []
 
 
 def save_means(path: str | Path, means: torch.Tensor, meta: dict, scores: dict) -> str:

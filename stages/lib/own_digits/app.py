@@ -9,9 +9,10 @@ GET /api/models     the models served: checkpoint, fingerprint, digits, what eac
                     records); and each model that cannot answer now, with why
 POST /api/predict   an image as a multipart file (field `image`) or JSON {"image": "data:
                     image/png;base64,..."}: per model the digit, its probability and every
-                    digit's probability (the shape of `predict --json`), the 28×28 image
-                    the models saw as a PNG data URL, and `unavailable`: each served model
-                    that could not answer, with why
+                    digit's probability (the baseline: its distance to each digit's mean
+                    image; the shape of `predict --json`), the 28×28 image the models saw as
+                    a PNG data URL, and `unavailable`: each served model that could not
+                    answer, with why. `?why=1`: each answer with its why (own_digits/why.py)
 
 Every answer that is not a 200 is JSON {"error": "..."} (docs/own-digits.md lists them): 400 for
 a request that cannot be read (an empty body, a non-image, a blank drawing, malformed JSON
@@ -35,7 +36,6 @@ import binascii
 import contextlib
 import ctypes
 import ctypes.util
-import io
 import json
 import time
 from collections import Counter
@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..infra.errors import UserError
 from .classify import ServedModels, answer_range, as_json, classify, recorded_accuracy
 from .prepare import SERVED_FORMATS, TooLarge, read_digit
+from .why import explain, png_data_url
 
 MAX_BYTES = 10 * 1024 * 1024  # an upload: a phone photo is 2-8 MB
 DRAIN_BYTES = 4 * MAX_BYTES
@@ -278,14 +279,6 @@ def data_url_image(body: bytes) -> bytes:
 
 # --- answering ----------------------------------------------------------------------------
 
-def png_data_url(pixels: np.ndarray) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def models_json(served: ServedModels) -> dict:
     classifiers, problems = served.current()
     models = []
@@ -303,10 +296,10 @@ def none_can_answer(served: ServedModels, problems: dict[str, str]) -> Refused:
     return Refused(503, f"no model can answer ({listing})", extra={"unavailable": missing})
 
 
-def answer(served: ServedModels, name: str, data: bytes) -> dict:
-    """Prepare one image and ask every model that can answer; each other one is named in
-    `unavailable` with why (a missing, rewritten or broken checkpoint is the server's
-    problem, not the client's)."""
+def answer(served: ServedModels, name: str, data: bytes, why: bool = False) -> dict:
+    """Prepare one image and ask every model that can answer (with `why`, each answer with
+    its why: own_digits/why.py); each other one is named in `unavailable` with why (a
+    missing, rewritten or broken checkpoint is the server's problem, not the client's)."""
     classifiers, problems = served.current()
     if not classifiers:
         raise none_can_answer(served, problems)
@@ -315,6 +308,9 @@ def answer(served: ServedModels, name: str, data: bytes) -> dict:
     for classifier in classifiers:
         try:
             answers[classifier.name] = classify(classifier, pixels[None])[0]
+            if why:
+                answers[classifier.name]["why"] = explain(classifier, pixels,
+                                                          answers[classifier.name])
             answered.append(classifier)
         except UserError as err:  # NaN or infinite outputs: the checkpoint is broken
             problems[classifier.name] = str(err)
@@ -322,6 +318,16 @@ def answer(served: ServedModels, name: str, data: bytes) -> dict:
         raise none_can_answer(served, problems)
     return {**as_json(answered, [{"file": name, "predictions": answers}], {}),
             "prepared": png_data_url(pixels), "unavailable": served.unavailable(problems)}
+
+
+def why_asked(request: Request) -> bool:
+    """`?why=1`: each answer with its why (pictures and a sentence, 30-40 ms more for the CNN
+    on a 2-core CPU); `?why=0` or none: the answers alone."""
+    values = request.query_params.getlist("why")
+    if values not in ([], ["0"], ["1"]):
+        shown = ", ".join(repr(v[:20]) for v in values[:3])
+        raise Refused(400, f"?why={shown}: expected one why, 0 or 1")
+    return values == ["1"]
 
 
 class Slots:
@@ -427,12 +433,22 @@ if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):
     _LIBC = None
 
 
+def models_thread() -> ThreadPoolExecutor:
+    """The one thread that loads the models and answers with them. torch's OpenMP threads
+    answer the first thread that gives them work at once; once a second one does (the main
+    thread loading the models, then this one answering), libgomp counts more threads than
+    cores and its threads sleep between operations: 0.1 ms to wake for each, 10 ms of the
+    CNN's 40 ms answer with its why on a 2-core CPU (docs/own-digits.md)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="models")
+
+
 def make_app(served: ServedModels, hosts: frozenset[str] = frozenset(
         {"127.0.0.1", "localhost", "[::1]"}), port: int = 8000, any_ip: bool = False,
-        counts=None) -> ASGIApp:
+        counts=None, worker: ThreadPoolExecutor | None = None) -> ASGIApp:
+    """The app; `worker`: the thread that loaded `served` (models_thread), to answer on."""
     assets = {route: ((PAGE_DIR / name).read_bytes(), kind)
               for route, (name, kind) in ASSETS.items()}  # read once: nothing else is read
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="models")
+    worker = worker or models_thread()
     uploads = Uploads(UPLOADS, PER_CLIENT_UPLOADS)
     queue = Slots(QUEUED, PER_CLIENT_QUEUED, "requests waiting for the models")
     turn = asyncio.Lock()  # asyncio's lock wakes its waiters first come, first served
@@ -452,9 +468,9 @@ def make_app(served: ServedModels, hosts: frozenset[str] = frozenset(
         except Refused as err:
             return err.response()
 
-    def predict_one(name: str, data: bytes) -> dict:
+    def predict_one(name: str, data: bytes, why: bool) -> dict:
         try:
-            return answer(served, name, data)
+            return answer(served, name, data, why)
         finally:
             if len(data) > 1024 * 1024:
                 release_memory()
@@ -462,9 +478,10 @@ def make_app(served: ServedModels, hosts: frozenset[str] = frozenset(
     async def predict(request: Request) -> Response:
         start = time.perf_counter()
         try:
+            why = why_asked(request)
             with uploads.held(client_of(request)) as upload:  # before the body is read
                 name, data = await image_of(request, upload)
-            result = await in_turn(request, predict_one, name, data)
+            result = await in_turn(request, predict_one, name, data, why)
         except Refused as err:
             return err.response()
         except TooLarge as err:

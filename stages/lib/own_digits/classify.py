@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -17,8 +17,15 @@ from ..data.tensors import to_float
 from ..infra.errors import UserError
 from ..infra.files import fingerprint, read_text, regular_file
 from ..infra.provenance import labels_problem
-from ..learning.models import SCORES_KEY, TRAINED, load_checkpoint
+from ..infra.torchio import load_pt
+from ..learning.models import CHECKPOINT_KEYS, SCORES_KEY, TRAINED, rebuild
 from ..learning.predictions import batched_logits, predict, probabilities
+from ..learning.similarity import BASELINE_KEYS, NearestMean, means_problems
+
+# The models that answer, each written as models/<name>.pt by its stage: the chapter's
+# pixel-similarity baseline first, then the three models it trains.
+ANSWERING = {"baseline": "baseline", **{name: f"train_{name}" for name in TRAINED}}
+ANY_KEYS = frozenset(CHECKPOINT_KEYS | BASELINE_KEYS | {SCORES_KEY})
 
 
 @dataclass
@@ -27,21 +34,22 @@ class Classifier:
     path: Path
     fingerprint: str           # what the model is: the checkpoint file's content digest
     model: nn.Module
-    kind: str
+    kind: str                  # baseline, linear, mlp or cnn
     digits: list[int]          # the digits it was trained on, as data.digits listed them
     target_digits: list[int]   # target_digits[t]: the digit that output class t stands for
     scores: dict | None = None  # the scores the checkpoint records (its metrics file's)
+    views: dict = field(default_factory=dict)  # what explaining it keeps (own_digits/why.py)
 
 
 def checkpoint_path(ref: str) -> tuple[str, Path]:
     """A model's name and checkpoint from `--model`: a name the pipeline trains
     (models/NAME.pt) or the path of a checkpoint, e.g. one `dvc artifacts get` fetched."""
-    if ref in TRAINED:
+    if ref in ANSWERING:
         return ref, Path("models") / f"{ref}.pt"
     path = Path(ref)
     if path.suffix != ".pt":
-        raise UserError(f"--model {ref}: expected one of {', '.join(TRAINED)} or the path of "
-                        f"a .pt checkpoint")
+        raise UserError(f"--model {ref}: expected one of {', '.join(ANSWERING)} or the path "
+                        f"of a .pt checkpoint")
     return path.name, path
 
 
@@ -50,17 +58,35 @@ def load_classifier(ref: str, content: bytes | None = None) -> Classifier:
     come from the same bytes (`content`, where the caller has read them), so a file rewritten
     meanwhile cannot pair one checkpoint's name with another's weights."""
     name, path = checkpoint_path(ref)
-    stage = f"train_{name}" if ref in TRAINED else ""
+    stage = ANSWERING.get(ref, "")
     if content is None:
         content, _ = read_checkpoint(path, stage)
-    model, checkpoint = load_checkpoint(path, stage, content)
+    model, checkpoint, kind = read_model(path, stage, content)
     meta = tensors_meta()
     if meta is not None and (problem := labels_problem(checkpoint, meta)) is not None:
-        again = f"; `dvc repro {stage}` trains it again" if stage else ""
+        again = f"; `dvc repro {stage}` computes it again" if stage else ""
         raise UserError(f"{path}: {problem}{again}")
-    return Classifier(name, path, fingerprint(content), model, checkpoint["config"]["kind"],
-                      checkpoint["digits"], checkpoint["target_digits"],
-                      checkpoint.get(SCORES_KEY))
+    return Classifier(name, path, fingerprint(content), model, kind, checkpoint["digits"],
+                      checkpoint["target_digits"], checkpoint.get(SCORES_KEY))
+
+
+def read_model(path: Path, stage: str, content: bytes) -> tuple[nn.Module, dict, str]:
+    """(the model, the checkpoint, its kind) from a checkpoint's bytes: the baseline's mean
+    images (stage baseline) or a trained model's weights (the train_* stages); anything else,
+    or a file that does not add up, is refused by name."""
+    checkpoint = load_pt(path, CHECKPOINT_KEYS & BASELINE_KEYS, "checkpoint", stage, ANY_KEYS,
+                         content)
+    keys = BASELINE_KEYS if "means" in checkpoint else CHECKPOINT_KEYS
+    if not keys <= set(checkpoint) <= keys | {SCORES_KEY}:
+        raise UserError(f"{path} is not a checkpoint this pipeline wrote (expected keys "
+                        f"{sorted(keys)}, found {sorted(checkpoint)})")
+    if keys is CHECKPOINT_KEYS:
+        return rebuild(checkpoint, path), checkpoint, checkpoint["config"]["kind"]
+    problems = means_problems(checkpoint)
+    if problems:
+        raise UserError(f"{path} is not a baseline checkpoint this pipeline wrote: "
+                        f"{problems[0]}")
+    return NearestMean(checkpoint["means"]).eval(), checkpoint, "baseline"
 
 
 def tensors_meta(path: Path = Path("data/tensors/meta.json")) -> dict | None:
@@ -99,25 +125,33 @@ def load_classifiers(refs: list[str] | None) -> tuple[list[Classifier], list[str
     is missing is an error)."""
     if refs:
         return distinct([load_classifier(ref) for ref in dict.fromkeys(refs)]), []
-    present = [name for name in TRAINED if checkpoint_path(name)[1].exists()]
+    present = [name for name in ANSWERING if checkpoint_path(name)[1].exists()]
     if not present:
-        raise UserError("no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run "
-                        "`dvc repro` first")
+        raise UserError(NO_MODEL)
     return distinct([load_classifier(name) for name in present]), \
-        [n for n in TRAINED if n not in present]
+        [n for n in ANSWERING if n not in present]
+
+
+NO_MODEL = ("no trained model in models/ (baseline.pt, linear.pt, mlp.pt, cnn.pt); run "
+            "`dvc repro` first")
 
 
 @torch.no_grad()
 def classify(classifier: Classifier, digits: np.ndarray) -> list[dict]:
     """Per image (N×28×28 uint8): the predicted digit, its probability, and every
-    digit's probability, as the model's own output classes."""
+    digit's probability, as the model's own output classes; for the baseline, the digit
+    whose mean image is nearest and the distance (L1) to each digit's mean image."""
     x = to_float(torch.from_numpy(digits)).view(len(digits), -1)
     logits = batched_logits(classifier.model, x)
     if not torch.isfinite(logits).all():  # a checkpoint's weights pushed past float range
         raise UserError(f"{classifier.path} gives NaN or infinite outputs for these images; "
                         f"it cannot be trusted (retrain it: `dvc repro`)")
-    probs, preds = probabilities(logits), predict(logits)
     names = classifier.target_digits
+    if classifier.kind == "baseline":  # its scores are minus the distances
+        return [{"digit": names[int(row.argmax())],
+                 "distances": {str(d): float(-row[names.index(d)]) for d in sorted(names)}}
+                for row in logits]
+    probs, preds = probabilities(logits), predict(logits)
     return [{"digit": names[int(pred)], "probability": float(row[pred]),
              "probabilities": {str(d): float(row[names.index(d)]) for d in sorted(names)}}
             for pred, row in zip(preds, probs)]
@@ -144,12 +178,20 @@ def answer_range(classifiers: list[Classifier]) -> list[str]:
 def results_table(rows: list[dict], classifiers: list[Classifier]) -> str:
     """File, then per model `digit (probability)`."""
     header = ["file", *(c.name for c in classifiers)]
-    body = [[row["file"], *(f"{row['predictions'][c.name]['digit']} "
-                            f"({row['predictions'][c.name]['probability']:.3f})"
-                            for c in classifiers)] for row in rows]
+    body = [[row["file"], *(answer_text(row["predictions"][c.name]) for c in classifiers)]
+            for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
                      for line in [header, *body])
+
+
+def answer_text(prediction: dict) -> str:
+    """`3 (0.998)`: the digit and its probability; the baseline's, `3 (L1 0.071)`: the digit
+    and its distance to that digit's mean image."""
+    digit = prediction["digit"]
+    if "distances" in prediction:
+        return f"{digit} (L1 {prediction['distances'][str(digit)]:.3f})"
+    return f"{digit} ({prediction['probability']:.3f})"
 
 
 def as_json(classifiers: list[Classifier], rows: list[dict], errors: dict[str, str]) -> dict:
@@ -175,7 +217,7 @@ class ServedModels:
     """
 
     def __init__(self, refs: list[str] | None):
-        refs = list(dict.fromkeys(refs)) if refs else list(TRAINED)
+        refs = list(dict.fromkeys(refs)) if refs else list(ANSWERING)
         paths = [checkpoint_path(ref) for ref in refs]  # each served under its own name,
         # even where two files hold the same bytes: a model is never silently dropped
         clashing = Counter(name for name, _ in paths)
@@ -189,8 +231,7 @@ class ServedModels:
         if every and problems:
             raise UserError("\n".join(problems.values()))
         if not ready:
-            raise UserError("no trained model in models/ (linear.pt, mlp.pt, cnn.pt); run "
-                            "`dvc repro` first")
+            raise UserError(NO_MODEL)
 
     def current(self) -> tuple[list[Classifier], dict[str, str]]:
         """(the models that can answer, as their files now are; {name: why not} for each
@@ -219,7 +260,7 @@ class _Slot:
     def refresh(self) -> None:
         if self.stamp is not None and _stamp(self.path) == self.stamp:
             return
-        stage = f"train_{self.name}" if self.ref in TRAINED else ""
+        stage = ANSWERING.get(self.ref, "")
         try:
             content, self.stamp = read_checkpoint(self.path, stage, max_bytes=MAX_SERVED_BYTES)
             self.classifier, self.problem = load_classifier(self.ref, content), None
@@ -308,4 +349,5 @@ def recorded_accuracy(classifier: Classifier,
                            classifier.scores)
     if why is not None:
         return None, why if ours else None
-    return metrics.get("accuracy"), None
+    scores = metrics.get("l1") if classifier.kind == "baseline" else metrics  # the book's
+    return scores.get("accuracy") if isinstance(scores, dict) else None, None

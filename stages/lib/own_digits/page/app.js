@@ -1,7 +1,9 @@
 // The draw-a-digit page: a canvas drawn on with pointer events (mouse, pen, finger), sent to
-// /api/predict as a PNG when each stroke ends; the answers come back per model with a bar
-// per digit, beside the 28x28 image the models saw, and each model that could not answer is
-// shown with why. Nothing here is fetched from another host.
+// /api/predict?why=1 as a PNG while a stroke is drawn and when it ends, one request at a time
+// (the newest drawing goes when the answer in flight is back, so answers never queue up).
+// The answers come back per model with a bar per digit and the model's why, beside the 28x28
+// image the models saw; each model that could not answer is shown with why. Nothing here is
+// fetched from another host.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -14,10 +16,14 @@ const BRUSH = 20;
 let models = [];
 let unavailable = [];  // served models that cannot answer now, with why
 let drawing = false;
-let inFlight = null;   // the request whose answer is awaited: a newer stroke replaces it
+let busy = false;      // a request is in flight: at most one at a time
+let pending = null;    // what to send once it is back: "drawing", or a file's FormData
+let cleared = 0;       // Clear's count: an answer to a drawing from before it is not shown
 let sent = 0;          // requests sent, for the page's own test
 
 function clearPad() {
+  cleared += 1;
+  pending = null;
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, pad.width, pad.height);
   prepared.removeAttribute("src");
@@ -57,40 +63,62 @@ pad.addEventListener("pointermove", (event) => {
   const [x, y] = point(event);
   ctx.lineTo(x, y);
   ctx.stroke();
+  ask("drawing");  // live: the answers follow the pen
 });
 
 function endStroke() {
   if (!drawing) return;
   drawing = false;
-  send(JSON.stringify({image: pad.toDataURL("image/png")}), "application/json");
+  document.body.dataset.strokes = String(Number(document.body.dataset.strokes || 0) + 1);
+  ask("drawing");
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
-async function send(body, type) {
-  if (inFlight) inFlight.abort();
-  const controller = new AbortController();
-  inFlight = controller;
+// One request in flight at most: what is asked meanwhile replaces what waits, and is sent
+// (the drawing as it is then) when the answer is back, so a slow answer never queues up.
+function ask(what) {
+  pending = what;
+  if (!busy) sendNext();
+}
+
+async function sendNext() {
+  if (!pending) return;
+  const what = pending;
+  pending = null;
+  busy = true;
+  try {
+    if (what === "drawing") {
+      const image = pad.toDataURL("image/png");
+      document.body.dataset.lastImage = image;
+      await send(what, JSON.stringify({image}), "application/json");
+    } else {
+      await send(what, what, null);
+    }
+  } finally {
+    busy = false;
+    sendNext();
+  }
+}
+
+async function send(what, body, type) {
   sent += 1;
   const number = sent;
+  const asOf = cleared;
   document.body.dataset.sent = String(number);
-  if (typeof body === "string") document.body.dataset.lastImage = JSON.parse(body).image;
   const headers = type ? {"Content-Type": type} : {};
   try {
-    const response = await fetch("/api/predict", {method: "POST", body, headers,
-                                                  signal: controller.signal});
+    const response = await fetch("/api/predict?why=1", {method: "POST", body, headers});
     const answer = await response.json();
     const retry = Number(response.headers.get("Retry-After"));
     if (response.status === 503 && retry > 0 && !answer.unavailable) {
-      // The server's queue is full (another client is busy): this drawing again, once.
+      // The server's queue is full (another client is busy): this again, unless newer waits.
       say(`${answer.error} (trying again in ${retry} s)`, true);
       await new Promise((resolve) => setTimeout(resolve, 1000 * retry));
-      if (inFlight === controller && !controller.signal.aborted) {
-        inFlight = null;
-        send(body, type);
-      }
+      if (!pending && asOf === cleared) pending = what;
       return;
     }
+    if (asOf !== cleared) return;  // the pad was cleared meanwhile
     if (!response.ok) {
       if (answer.unavailable) unavailable = answer.unavailable;
       say(answer.error || `the server answered ${response.status}`, true);
@@ -100,13 +128,11 @@ async function send(body, type) {
     // Checkpoints other than the ones listed answered (`dvc repro` retrained one, or one
     // cannot answer now): list the models again, for their fingerprints and accuracies.
     if (!sameModels(answer.models, answer.unavailable)) await loadModels();
-    if (controller.signal.aborted) return;
     show(answer);
     document.body.dataset.answered = String(number);
+    if (drawing) document.body.dataset.answeredWhileDrawing = String(number);
   } catch (err) {
-    if (err.name !== "AbortError") say(`no answer from the server (${err.message})`, true);
-  } finally {
-    if (inFlight === controller) inFlight = null;
+    say(`no answer from the server (${err.message})`, true);
   }
 }
 
@@ -144,18 +170,28 @@ function card(model, prediction) {
   if (model.kind !== model.name) title.append(element("span", "kind", model.kind));
   const digit = element("div", "digit", String(prediction.digit));
   digit.dataset.digit = String(prediction.digit);
-  digit.dataset.probability = prediction.probability.toFixed(3);
-  digit.title = `probability ${prediction.probability.toFixed(3)}`;
+  const nearest = prediction.distances;  // the baseline's: smaller is nearer
+  // as `predict` prints it: "3 (0.998)", the baseline's "3 (L1 0.071)"
+  digit.dataset.answer = nearest
+    ? `${prediction.digit} (L1 ${nearest[prediction.digit].toFixed(3)})`
+    : `${prediction.digit} (${prediction.probability.toFixed(3)})`;
+  digit.title = nearest ? "the digit whose mean image is nearest"
+    : `probability ${prediction.probability.toFixed(3)}`;
   box.append(title, digit, element("p", "range", model.answers));
-  for (const [label, p] of Object.entries(prediction.probabilities)) {
+  if (nearest) box.append(element("p", "range", "distance (L1) to each digit's mean image; " +
+                                                "smaller is nearer"));
+  const values = nearest || prediction.probabilities;
+  const largest = Math.max(...Object.values(values));
+  for (const [label, p] of Object.entries(values)) {
     const bar = element("div", label === String(prediction.digit) ? "bar top" : "bar");
     const track = element("div", "track");
     const fill = element("div", "fill");
-    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    fill.style.width = `${(100 * (nearest ? p / largest : p)).toFixed(1)}%`;
     track.append(fill);
     bar.append(element("span", "", label), track, element("span", "p", p.toFixed(3)));
     box.append(bar);
   }
+  if (prediction.why) box.append(whyView(prediction.why));
   const accuracy = model.accuracy !== null ? ` · validation accuracy ${model.accuracy.toFixed(4)}`
     : model.accuracy_problem ? "" : " · accuracy: not in metrics/ for this checkpoint";
   box.append(element("p", "meta", `${model.checkpoint} · ${model.fingerprint}${accuracy}`));
@@ -163,6 +199,43 @@ function card(model, prediction) {
     box.append(element("p", "meta problem", `accuracy not shown: ${model.accuracy_problem}`));
   }
   return box;
+}
+
+// Why it answers so: the pictures the server drew (own_digits/why.py) and its sentence.
+function whyView(why) {
+  const box = element("div", "why-view");
+  const pictures = element("div", "pictures");
+  const small = (why.means || why.weights || []).length > 2;  // ten digits: ten small ones
+  for (const mean of why.means || []) {
+    pictures.append(picture(mean.image, `mean ${mean.digit}: ${mean.distance.toFixed(3)}`,
+                            small ? "grey small" : "grey"));
+  }
+  for (const weights of why.weights || []) {
+    pictures.append(picture(weights.image, `weights: ${weights.label}`, small ? "small" : ""));
+  }
+  if (why.attribution) {
+    const a = why.attribution;
+    pictures.append(picture(a.image, `your drawing: ${a.toward} over ${a.over}`));
+  }
+  box.append(pictures);
+  if (why.weights || why.attribution) {
+    const legend = element("div", "legend");
+    legend.append(element("span", "", "lowers the score"), element("span", "scale"),
+                  element("span", "", "raises it"));
+    box.append(legend);
+  }
+  box.append(element("p", "says", why.says));
+  return box;
+}
+
+function picture(src, caption, kind) {
+  const figure = element("figure", kind ? `view ${kind}` : "view");
+  const img = element("img");
+  img.src = src;
+  img.alt = caption;
+  img.width = img.height = (kind || "").includes("small") ? 56 : 84;
+  figure.append(img, element("figcaption", "", caption));
+  return figure;
 }
 
 function missingCard(model) {
@@ -194,7 +267,7 @@ function sendFile(file) {
   if (!file) return;
   const form = new FormData();
   form.append("image", file);
-  send(form, null);
+  ask(form);
 }
 
 document.getElementById("clear").addEventListener("click", clearPad);
