@@ -177,3 +177,54 @@ def test_the_models_listing_names_the_baseline_first(four):
             listed = json.loads(response.read())["models"]
     assert [m["kind"] for m in listed] == ["baseline", "linear", "mlp", "cnn"]
     assert listed[0]["answers"].endswith("answers 3 or 7, whatever the image shows")
+
+
+# --- found by the red team (docs/what-happens-when.md, round five) -------------------------
+
+def test_a_score_past_float_s_range_gets_no_why_rather_than_a_broken_answer(tmp_path, seven):
+    """A checkpoint edited to a bias of ±3e38: its margins overflow to infinity, which JSON
+    cannot carry (the server answered 500 for every model); it gets one sentence instead."""
+    from stages.lib.learning.models import save_checkpoint
+
+    config = {"kind": "linear", "n_outputs": 3, "hidden": []}
+    model = build_model(config)
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([3e38, -3e38, -3e38]))  # 3e38 - -3e38: inf
+    path = tmp_path / "edited.pt"
+    save_checkpoint(path, model, config, {}, {"digits": [1, 2, 3], "target_digits": [1, 2, 3],
+                                              "tensors": "t"}, {})
+    classifier = load_classifier(str(path))
+    from stages.lib.own_digits.classify import classify
+
+    prediction = classify(classifier, seven[None])[0]
+    why = explain(classifier, seven, prediction)
+    assert why == {"says": "No why: its scores for this drawing, or for blank paper, are not "
+                           "finite numbers."}
+    json.dumps(why, allow_nan=False)
+
+
+def test_a_baseline_checkpoint_with_true_for_a_digit_is_refused(tmp_path):
+    """`True == 1` in Python: digits [1, True] passed the check and answered 'True'."""
+    from stages.lib.learning.similarity import means_problems
+
+    means = torch.rand(2, 28, 28)
+    assert means_problems({"digits": [1, True], "target_digits": [True, 1],
+                           "means": means}) == [
+        "digits is [1, True] (expected two to ten distinct digits 0-9)"]
+    assert means_problems({"digits": [1, 7], "target_digits": [7, 1], "means": means}) == []
+
+
+def test_many_images_at_once_get_the_bits_each_gets_alone(four, seven):
+    """predict classifies a whole folder in one call; the server one image a time. A batch
+    moved the last bits of 104 of 256 probabilities (1 ulp), so the API and the command
+    disagreed; now each image is classified alone, as the server does."""
+    from stages.lib.own_digits.classify import classify
+
+    folder, _ = four
+    rng = np.random.default_rng(0)
+    images = np.stack([seven, *rng.integers(0, 256, (31, 28, 28), dtype=np.uint8)])
+    for name in ("baseline", "linear", "mlp", "cnn"):
+        classifier = load_classifier(str(folder / f"{name}.pt"))
+        together = classify(classifier, images)
+        assert together == [classify(classifier, image[None])[0] for image in images], name

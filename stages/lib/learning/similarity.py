@@ -97,7 +97,7 @@ def means_problems(data: dict) -> list[str]:
     28×28 mean image in [0, 1] per target digit. Empty for one save_means wrote."""
     digits, targets, means = data["digits"], data["target_digits"], data["means"]
     if not (isinstance(digits, list) and 2 <= len(digits) <= 10 and len(set(map(str, digits)))
-            == len(digits) and all(isinstance(d, int) and 0 <= d <= 9 for d in digits)):
+            == len(digits) and all(type(d) is int and 0 <= d <= 9 for d in digits)):  # no bool
         return [f"digits is {digits!r} (expected two to ten distinct digits 0-9)"]
     if not (isinstance(targets, list) and sorted(targets, key=str) == sorted(digits, key=str)):
         return [f"target_digits is {targets!r} (expected the digits {digits} in some order)"]

@@ -141,6 +141,10 @@ def classify(classifier: Classifier, digits: np.ndarray) -> list[dict]:
     """Per image (N×28×28 uint8): the predicted digit, its probability, and every
     digit's probability, as the model's own output classes; for the baseline, the digit
     whose mean image is nearest and the distance (L1) to each digit's mean image."""
+    if len(digits) > 1:  # one image at a time, as the server answers: the bits of a
+        # probability depend on the batch (a matrix product's blocking, a vectorised or a
+        # scalar sigmoid), and the command, the API and the page give the same numbers
+        return [answer for image in digits for answer in classify(classifier, image[None])]
     x = to_float(torch.from_numpy(digits)).view(len(digits), -1)
     logits = batched_logits(classifier.model, x)
     if not torch.isfinite(logits).all():  # a checkpoint's weights pushed past float range

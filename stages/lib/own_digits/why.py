@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import math
 
 import numpy as np
 import torch
@@ -66,24 +67,32 @@ def explain(classifier: Classifier, pixels: np.ndarray, prediction: dict) -> dic
         return nearest_mean_why(classifier, prediction)
     x = to_float(torch.from_numpy(pixels)).view(-1)
     found = integrated_gradients(explaining_model(classifier), x, answer)
-    if not found.parts.isfinite().all():  # weights near float's range: no picture to draw
-        return {"says": "No why: its gradients for this drawing are not finite numbers."}
+    total = float(found.parts.sum())
+    if not (found.parts.isfinite().all() and all(map(math.isfinite, (
+            total, found.blank, found.drawing)))):  # weights near float's range
+        return {"says": "No why: its scores for this drawing, or for blank paper, are not "
+                        "finite numbers."}
     picture, scale = signed(found.parts.view(28, 28), x.view(28, 28))
-    toward, over, total = digits[answer], digits[found.other], float(found.parts.sum())
+    toward, over = digits[answer], digits[found.other]
     why = {"attribution": {"image": picture, "scale": scale, "toward": toward, "over": over,
                            "total": total, "blank": found.blank, "drawing": found.drawing}}
     if classifier.kind == "linear":
         why["weights"] = linear_weights(classifier, answer)
         why["says"] = (f"Each pixel's weight times its ink, added up with the bias, is the "
                        f"score. Red pixels of your drawing raise {toward}'s score over "
-                       f"{over}'s, blue ones lower it: {total:+.1f} together, "
-                       f"{found.blank:+.1f} from the bias.")
+                       f"{over}'s, blue ones lower it: {signed_number(total)} together, "
+                       f"{signed_number(found.blank)} from the bias.")
     else:
         why["says"] = (f"Integrated gradients: what each pixel of your drawing adds to "
                        f"{toward}'s score over {over}'s, on the way from blank paper to the "
-                       f"drawing. Red raises it, blue lowers it: {total:+.1f} together, "
-                       f"on top of {found.blank:+.1f} for blank paper.")
+                       f"drawing. Red raises it, blue lowers it: {signed_number(total)} together, "
+                       f"on top of {signed_number(found.blank)} for blank paper.")
     return why
+
+
+def signed_number(value: float) -> str:
+    """+7.2, or +3.00e+38 for a score no trained model gives (a checkpoint edited by hand)."""
+    return f"{value:+.1f}" if abs(value) < 1e6 else f"{value:+.2e}"
 
 
 def explaining_model(classifier: Classifier) -> torch.nn.Module:
