@@ -310,14 +310,18 @@ def sweeps(project: Path, env: dict) -> list[dict]:
 
 # --- the CNN against the book's fastai code ----------------------------------------------------
 
-def our_cnn_epoch(project: Path) -> dict:
-    """One epoch of train_cnn with the project's params, timed in this process."""
+def our_cnn_epoch(project: Path, arch: str | None = None) -> dict:
+    """One epoch of train_cnn with the project's params (train_cnn.arch set to `arch` where
+    given), timed in this process."""
     from stages import train_cnn
     from stages.lib.infra.params import load_params
     from stages.lib.learning.training import TrainingRun
 
     with contextlib.chdir(project):
         params = load_params()
+        if arch is not None:
+            params = params.model_copy(update={"train_cnn": params.train_cnn.model_copy(
+                update={"arch": arch})})
         learner, _ = train_cnn.learner(params, TrainingRun("train_cnn", params).data, log=None)
     lr = params.train_cnn.lr
     flops = epoch_flops(learner)
@@ -327,7 +331,8 @@ def our_cnn_epoch(project: Path) -> dict:
     accuracy = history[-1]["valid_accuracy"]
     return {"seconds": seconds, "accuracy": accuracy, "n_valid": len(learner.valid_y),
             "wrong": round((1 - accuracy) * len(learner.valid_y)),
-            "batch_size": learner.batch_size, "lr": lr, "gflop": flops / 1e9,
+            "arch": params.train_cnn.arch, "batch_size": learner.batch_size, "lr": lr,
+            "gflop": flops / 1e9,
             "gflops_per_s": flops / seconds / 1e9}
 
 
@@ -429,7 +434,9 @@ def print_report(results: dict) -> None:
         ours, book = results["cnn"]["ours"], results["cnn"].get("fastai")
         print("\nresnet18, one epoch of fit_one_cycle(1, lr) on MNIST 3/7")
         print(f"{'':<22}{'seconds':>9}{'batch':>7}{'lr':>7}{'accuracy':>10}{'wrong':>7}")
-        for label, row in (("ours (train_cnn)", ours), ("fastai, native kernels", book)):
+        for label, row in (("ours (train_cnn)", ours),
+                           ("ours, resnet34", results["cnn"].get("ours_resnet34")),
+                           ("fastai, native kernels", book)):
             if row:
                 print(f"{label:<22}{row['seconds']:>9.1f}{row['batch_size']:>7}{row['lr']:>7g}"
                       f"{row['accuracy']:>10.4f}{row['wrong']:>7}")
@@ -533,8 +540,11 @@ def main() -> None:
                           40, tensors)]
         results["matmul_gflops"] = matmul_gflops()
 
-        print("bench: resnet18 epoch, ours then fastai's ...", file=sys.stderr)
-        results["cnn"] = {"ours": our_cnn_epoch(workdir / "mnist37" / "whole")}
+        print("bench: resnet18 epoch, ours (and resnet34's) then fastai's ...",
+              file=sys.stderr)
+        results["cnn"] = {"ours": our_cnn_epoch(workdir / "mnist37" / "whole"),
+                          "ours_resnet34": our_cnn_epoch(workdir / "mnist37" / "whole",
+                                                         "resnet34")}
         if not args.no_fastai:
             sample = write_mnist_sample(tensors_dir, workdir / "mnist_sample")
             results["cnn"]["fastai"] = fastai_cnn_epoch(sample)

@@ -35,8 +35,9 @@ def learner(params: Params, data: TrainingData,
     """The Learner `dvc repro` trains (and `python -m stages.lr_find train_cnn` sweeps),
     and the config that rebuilds its model from the checkpoint."""
     cfg, seed = params.train_cnn, params.base.seed
-    # resnet18, untrained, one grey channel in, one output per digit, standardised input
-    config = {"kind": "cnn", "n_outputs": len(data.digits), "hidden": [],
+    # resnet18 (or train_cnn.arch), untrained, one grey channel in, one output per digit,
+    # standardised input
+    config = {"kind": "cnn", "arch": cfg.arch, "n_outputs": len(data.digits), "hidden": [],
               **input_stats(data.train.images)}
     model = initial_model(config, seed).to(data.train_x.device)
     opt = Adam(model, lr=cfg.lr, wd=cfg.wd)  # fastai's Adam, true weight decay

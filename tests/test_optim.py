@@ -16,7 +16,6 @@ from stages.lib.learning.losses import bce_loss, cross_entropy_loss
 from stages.lib.learning.lr_find import lr_find, valley
 from stages.lib.learning.models import build_model, input_stats
 from stages.lib.learning.optim import Adam, BasicOptim, decay_and_no_decay
-from stages.lib.learning.resnet import resnet18
 from stages.lib.learning.schedules import combined_cos, one_cycle, sched_exp
 from stages.lib.learning.speedups import speed_up
 from tests.test_learner import block_data, make_learner
@@ -222,16 +221,19 @@ def test_cnn_is_resnet18_taking_one_grey_channel():
     assert model.eval()(torch.rand(3, 784)).shape == (3, 10)
 
 
-def test_our_resnet18_is_torchvisions_weight_for_weight():
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_our_resnets_are_torchvisions_weight_for_weight(arch):
     """stages/lib/learning/resnet.py, a copy of torchvision's: the same modules in the same
     order, and from one seed the same weights and the same answers, bit for bit."""
-    from torchvision.models import resnet18 as torchvisions
+    import torchvision.models
+
+    from stages.lib.learning.models import ARCHITECTURES
 
     for seed in (0, 42):
         torch.manual_seed(seed)
-        theirs = torchvisions(weights=None, num_classes=2)
+        theirs = getattr(torchvision.models, arch)(weights=None, num_classes=2)
         torch.manual_seed(seed)
-        ours = resnet18(num_classes=2)
+        ours = ARCHITECTURES[arch](num_classes=2)
         assert [name for name, _ in ours.named_modules()] == \
                [name for name, _ in theirs.named_modules()]
         state, their_state = ours.state_dict(), theirs.state_dict()
@@ -239,6 +241,33 @@ def test_our_resnet18_is_torchvisions_weight_for_weight():
         assert all(torch.equal(state[k], their_state[k]) for k in state)
         x = torch.randn(4, 3, 28, 28)
         assert torch.equal(ours.train()(x), theirs.train()(x))
+
+
+def test_train_cnn_arch_chooses_the_architecture_and_the_checkpoint_records_it(tmp_path):
+    """train_cnn.arch: resnet34 has 3, 4, 6 and 3 blocks where resnet18 has 2 of each; the
+    config says which, a checkpoint rebuilds it, and one without `arch` (from before the
+    choice) is resnet18. An arch that is not one of them, or on a model that is not a CNN, is
+    refused by name."""
+    from stages.lib.learning.models import checkpoint_problems, load_checkpoint, save_checkpoint
+
+    config = {"kind": "cnn", "arch": "resnet34", "n_outputs": 2, "hidden": []}
+    model = build_model(config)
+    net = model[1]
+    assert [len(layer) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)] == \
+        [3, 4, 6, 3]
+    # torchvision's 21,797,672, less conv1's two other colours (6,272) and fc's 998 other classes
+    assert sum(p.numel() for p in model.parameters()) == 21_279_426
+    meta = {"digits": [3, 7], "target_digits": [7, 3], "tensors": "t"}
+    save_checkpoint(tmp_path / "cnn.pt", model, config, {}, meta, {})
+    again, checkpoint = load_checkpoint(tmp_path / "cnn.pt")
+    assert checkpoint["config"]["arch"] == "resnet34" and len(again[1].layer3) == 6
+    older = build_model({"kind": "cnn", "n_outputs": 2, "hidden": []})
+    assert [len(layer) for layer in (older[1].layer1, older[1].layer4)] == [2, 2]
+    for bad in ({**config, "arch": "resnet50"},
+                {"kind": "mlp", "arch": "resnet18", "n_outputs": 1, "hidden": [4]}):
+        problems = checkpoint_problems({**meta, "config": bad, "state_dict": {}})
+        assert f"config.arch is {bad['arch']!r} (expected resnet18 or resnet34, for a cnn)" \
+            in problems
 
 
 def test_cnn_standardises_its_input_with_the_stats_its_config_records():

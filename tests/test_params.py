@@ -72,7 +72,7 @@ def test_missing_key_is_rejected():
     ("data.source", "", "must be one of auto, mnist, mnist-5k or a local folder"),
     ("base.threads", 0, "must be auto or a whole number of threads, 1 or more (got 0)"),
     ("base.threads", "four", "must be auto or a whole number of threads, 1 or more"),
-    ("train_cnn.batch_size", 1, "must be 2 or more: resnet18's BatchNorm layers need two"),
+    ("train_cnn.batch_size", 1, "must be 2 or more: the resnet's BatchNorm layers need two"),
 ])
 def test_out_of_range_values_name_the_key_and_the_rule(dotted, value, expected):
     message = error_for(with_change(dotted, value))

@@ -55,7 +55,8 @@ PARAMS = {
                      "shuffle": False, "loss": "mnist"},
     "train_mlp": {"hidden": [30], "lr": 0.1, "epochs": 2, "batch_size": 64, "shuffle": False,
                   "loss": "mnist"},
-    "train_cnn": {"lr": 0.005, "epochs": 2, "batch_size": 128, "shuffle": True, "wd": 0.01},
+    "train_cnn": {"arch": "resnet18", "lr": 0.005, "epochs": 2, "batch_size": 128,
+                  "shuffle": True, "wd": 0.01},
     "report": {"worst_mistakes": 12},
 }
 

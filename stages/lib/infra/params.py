@@ -130,16 +130,17 @@ class TrainMLP(_BookTraining):
 
 
 class TrainCNN(_Training):
-    """resnet18 trained as the book does: Adam, fit_one_cycle with `lr` as its peak,
-    cross-entropy over the digits."""
+    """resnet18 (or resnet34) trained as the book does: Adam, fit_one_cycle with `lr` as its
+    peak, cross-entropy over the digits."""
+    arch: Literal["resnet18", "resnet34"]  # models.ARCHITECTURES
     wd: Annotated[Float, Field(ge=0)]
 
     @field_validator("batch_size")
     @classmethod
     def _two_or_more(cls, value: int) -> int:
         if value < 2:  # BatchNorm's statistics over one image are undefined
-            raise ValueError("must be 2 or more: resnet18's BatchNorm layers need two or more "
-                             "images per batch")
+            raise ValueError("must be 2 or more: the resnet's BatchNorm layers need two or "
+                             "more images per batch")
         return value
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..infra.errors import UserError
 from ..infra.provenance import data_record
 from ..infra.torchio import load_pt, save_pt
-from .resnet import resnet18
+from .resnet import resnet18, resnet34
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits", "tensors"}
@@ -24,6 +24,8 @@ CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"
 # that a metrics file edited by hand is told from the stage's own (older files lack it).
 SCORES_KEY = "metrics"
 TRAINED = ("linear", "mlp", "cnn")  # the models the pipeline trains, stage train_<name> each
+# train_cnn.arch: torchvision's architectures the CNN can be (resnet18 is the book's)
+ARCHITECTURES = {"resnet18": resnet18, "resnet34": resnet34}
 
 
 def linear_model(n_outputs: int) -> nn.Module:
@@ -41,13 +43,13 @@ def simple_net(hidden: list[int], n_outputs: int) -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
-def resnet18_for_mnist(n_classes: int, input_mean: float = 0.0, input_std: float = 1.0,
-                       init: bool = True) -> nn.Module:
-    """torchvision's resnet18 from scratch (resnet.py, torchvision's own, weight for weight;
-    no weights downloaded), its first conv taking the one grey channel instead of RGB,
-    behind `GreyImages`: 784 pixels to a standardised 1×28×28 image. `init=False`: without
-    torchvision's init (shapes only)."""
-    net = resnet18(num_classes=n_classes, init=init)
+def resnet_for_mnist(n_classes: int, input_mean: float = 0.0, input_std: float = 1.0,
+                     init: bool = True, arch: str = "resnet18") -> nn.Module:
+    """torchvision's resnet18 (or `arch`) from scratch (resnet.py, torchvision's own, weight
+    for weight; no weights downloaded), its first conv taking the one grey channel instead
+    of RGB, behind `GreyImages`: 784 pixels to a standardised 1×28×28 image. `init=False`:
+    without torchvision's init (shapes only)."""
+    net = ARCHITECTURES[arch](num_classes=n_classes, init=init)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if init:  # the init torchvision gives its own convs, not nn.Conv2d's default
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -56,8 +58,8 @@ def resnet18_for_mnist(n_classes: int, input_mean: float = 0.0, input_std: float
 
 def build_model(config: dict, shapes_only: bool = False) -> nn.Module:
     """The model a config describes: {"kind": "linear" | "mlp" | "cnn", "n_outputs": k,
-    "hidden": [widths]}, and for the CNN the `input_mean` and `input_std` it standardises
-    its input with. `shapes_only`: for the meta device, where torchvision's init would run
+    "hidden": [widths]}, and for the CNN its `arch` (resnet18 where a checkpoint from before
+    the choice has none) and the `input_mean` and `input_std` it standardises its input with. `shapes_only`: for the meta device, where torchvision's init would run
     through torch._refs, whose first use imports torch._dynamo (1 s)."""
     kind = config["kind"]
     if kind == "linear":
@@ -67,8 +69,9 @@ def build_model(config: dict, shapes_only: bool = False) -> nn.Module:
     if kind == "cnn":
         # A checkpoint from before the CNN standardised its input has no stats: 0 and 1 are
         # exactly the model it was trained as.
-        return resnet18_for_mnist(config["n_outputs"], config.get("input_mean", 0.0),
-                                  config.get("input_std", 1.0), init=not shapes_only)
+        return resnet_for_mnist(config["n_outputs"], config.get("input_mean", 0.0),
+                                config.get("input_std", 1.0), init=not shapes_only,
+                                arch=config.get("arch", "resnet18"))
     raise UserError(f"unknown model kind {kind!r} (expected linear, mlp or cnn)")
 
 
@@ -192,6 +195,9 @@ def checkpoint_problems(checkpoint: dict) -> list[str]:
     elif hidden and config.get("kind") in ("linear", "cnn"):
         problems.append(f"config.hidden is {hidden!r} (expected []: a {config['kind']} has no "
                         f"hidden widths)")
+    if "arch" in config and (config.get("kind") != "cnn" or config["arch"] not in ARCHITECTURES):
+        problems.append(f"config.arch is {config['arch']!r} (expected "
+                        f"{' or '.join(ARCHITECTURES)}, for a cnn)")
     for key in ("input_mean", "input_std"):
         if key in config and not _finite(config[key]):
             problems.append(f"config.{key} is {config[key]!r} (expected a finite number)")

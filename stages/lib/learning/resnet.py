@@ -89,3 +89,9 @@ def resnet18(num_classes: int = 1000, init: bool = True) -> ResNet:
     """torchvision's `resnet18(weights=None, num_classes=...)`; `init=False`: without its
     init (the shapes alone)."""
     return ResNet([2, 2, 2, 2], num_classes, init)
+
+
+def resnet34(num_classes: int = 1000, init: bool = True) -> ResNet:
+    """torchvision's `resnet34(weights=None, num_classes=...)`: the same blocks as resnet18,
+    3, 4, 6 and 3 of them per stage instead of 2."""
+    return ResNet([3, 4, 6, 3], num_classes, init)

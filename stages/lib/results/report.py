@@ -65,7 +65,7 @@ def trained_result(name: str, model: torch.nn.Module, checkpoint: dict, metrics:
     logits = batched_logits(model, as_inputs(valid, torch.device("cpu"))[0])
     config = checkpoint["config"]
     settings = {**checkpoint["training"], "hidden": config["hidden"],
-                **{k: config[k] for k in ("input_mean", "input_std") if k in config}}
+                **{k: config[k] for k in ("arch", "input_mean", "input_std") if k in config}}
     return ModelResult(name, name, metrics, predict(logits),
                        true_class_loss(logits, valid.targets), "loss", settings)
 
@@ -119,8 +119,8 @@ def data_table(meta: dict) -> str:
 
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
-    keys = ("optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init", "hidden", "wd",
-            "input_mean", "input_std", "seed", "device", "threads", "kernels")
+    keys = ("arch", "optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init",
+            "hidden", "wd", "input_mean", "input_std", "seed", "device", "threads", "kernels")
     rows = []
     for r in results:
         if r.key in metrics:
