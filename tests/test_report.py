@@ -92,7 +92,8 @@ def test_report_on_real_mnist(book_project):
     # The CNN's book figure names the book's settings that ours differ from.
     assert re.search(r"\| cnn \| 0\.99\d\d \| .* \| 0\.9970 \(book: lr 0\.1, batch_size 64\) \|",
                      report)
-    assert re.search(r"\| cnn \| adam \| 0\.005 \| 1 \| 128 \| True \| cross_entropy \|", report)
+    assert re.search(r"\| cnn \| resnet18 \| adam \| 0\.005 \| 1 \| 128 \| True \| cross_entropy \|",
+                     report)
     assert "| train | 6131 | 6265 | 12396 |" in report
 
 
