@@ -32,6 +32,19 @@ def data_record(meta: dict) -> dict:
     return {key: meta[key] for key in ("digits", "target_digits", "tensors")}
 
 
+def digits_problem(digits: object, targets: object) -> str | None:
+    """What is wrong with the digits and target_digits a checkpoint records (a trained
+    model's or the baseline's), or None: two to ten distinct digits 0-9 (True is not 1),
+    the targets the same ones in some order."""
+    if not (isinstance(digits, list) and 2 <= len(digits) <= 10
+            and all(type(d) is int and 0 <= d <= 9 for d in digits)
+            and len(set(digits)) == len(digits)):
+        return f"digits is {digits!r} (expected two to ten distinct digits 0-9)"
+    if not (isinstance(targets, list) and sorted(targets, key=str) == sorted(digits, key=str)):
+        return f"target_digits is {targets!r} (expected the digits {digits} in some order)"
+    return None
+
+
 def labels_problem(checkpoint: dict, meta: dict) -> str | None:
     """Why a checkpoint's labels are not those of the tensors it says it was trained on,
     when those are the tensors in `meta` (None: they are, or they are other tensors). The

@@ -1,5 +1,5 @@
-"""Why a model gives its answer, in the chapter's terms, for the draw-a-digit page and
-`predict --why`.
+"""Why a model gives its answer, in the chapter's terms, for the draw-a-digit page and its
+API (`?why=1`; own_digits/why.py draws it).
 
 - Pixel similarity answers with the digit whose mean ("ideal") image is nearest: its why is
   those mean images and the distances (`similarity.py`).

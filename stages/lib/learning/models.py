@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..infra.errors import UserError
-from ..infra.provenance import data_record
+from ..infra.provenance import data_record, digits_problem
 from ..infra.torchio import load_pt, save_pt
 from .resnet import resnet18, resnet34
 
@@ -59,8 +59,9 @@ def resnet_for_mnist(n_classes: int, input_mean: float = 0.0, input_std: float =
 def build_model(config: dict, shapes_only: bool = False) -> nn.Module:
     """The model a config describes: {"kind": "linear" | "mlp" | "cnn", "n_outputs": k,
     "hidden": [widths]}, and for the CNN its `arch` (resnet18 where a checkpoint from before
-    the choice has none) and the `input_mean` and `input_std` it standardises its input with. `shapes_only`: for the meta device, where torchvision's init would run
-    through torch._refs, whose first use imports torch._dynamo (1 s)."""
+    the choice has none) and the `input_mean` and `input_std` it standardises its input
+    with. `shapes_only`: for the meta device, where torchvision's init would run through
+    torch._refs, whose first use imports torch._dynamo (1 s)."""
     kind = config["kind"]
     if kind == "linear":
         return linear_model(config["n_outputs"])
@@ -173,12 +174,9 @@ def checkpoint_problems(checkpoint: dict) -> list[str]:
     """What does not add up in a loaded checkpoint: its digits, its config (kind, shapes,
     finite input stats) and its weights (each tensor's shape against the model the config
     describes, every value finite). Empty for a checkpoint save_checkpoint wrote."""
-    digits, targets = checkpoint["digits"], checkpoint["target_digits"]
-    if not (isinstance(digits, list) and 2 <= len(digits) <= 10
-            and all(_whole(d, 0, 9) for d in digits) and len(set(digits)) == len(digits)):
-        return [f"digits is {digits!r} (expected two to ten distinct digits 0-9)"]
-    if not (isinstance(targets, list) and sorted(targets, key=str) == sorted(digits, key=str)):
-        return [f"target_digits is {targets!r} (expected the digits {digits} in some order)"]
+    digits = checkpoint["digits"]
+    if (problem := digits_problem(digits, checkpoint["target_digits"])):
+        return [problem]
     config = checkpoint["config"]
     if not isinstance(config, dict):
         return [f"config is {type(config).__name__} (expected a mapping)"]
@@ -195,7 +193,8 @@ def checkpoint_problems(checkpoint: dict) -> list[str]:
     elif hidden and config.get("kind") in ("linear", "cnn"):
         problems.append(f"config.hidden is {hidden!r} (expected []: a {config['kind']} has no "
                         f"hidden widths)")
-    if "arch" in config and (config.get("kind") != "cnn" or config["arch"] not in ARCHITECTURES):
+    if "arch" in config and (config.get("kind") != "cnn"
+                             or config["arch"] not in ARCHITECTURES):
         problems.append(f"config.arch is {config['arch']!r} (expected "
                         f"{' or '.join(ARCHITECTURES)}, for a cnn)")
     for key in ("input_mean", "input_std"):

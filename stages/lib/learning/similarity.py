@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..data.tensors import to_float
-from ..infra.provenance import data_record
+from ..infra.provenance import data_record, digits_problem
 from ..infra.torchio import load_pt, save_pt
 
 DISTANCES = ("l1", "l2")
@@ -95,12 +95,9 @@ BASELINE_KEYS = {"means", "digits", "target_digits", "tensors"}
 def means_problems(data: dict) -> list[str]:
     """What does not add up in a loaded baseline checkpoint: its digits, and one finite
     28×28 mean image in [0, 1] per target digit. Empty for one save_means wrote."""
-    digits, targets, means = data["digits"], data["target_digits"], data["means"]
-    if not (isinstance(digits, list) and 2 <= len(digits) <= 10 and len(set(map(str, digits)))
-            == len(digits) and all(type(d) is int and 0 <= d <= 9 for d in digits)):  # no bool
-        return [f"digits is {digits!r} (expected two to ten distinct digits 0-9)"]
-    if not (isinstance(targets, list) and sorted(targets, key=str) == sorted(digits, key=str)):
-        return [f"target_digits is {targets!r} (expected the digits {digits} in some order)"]
+    targets, means = data["target_digits"], data["means"]
+    if (problem := digits_problem(data["digits"], targets)):
+        return [problem]
     shape = (len(targets), 28, 28)
     if not (isinstance(means, torch.Tensor) and means.dtype == torch.float32
             and tuple(means.shape) == shape):

@@ -344,9 +344,10 @@ def recorded_accuracy(classifier: Classifier,
     except (OSError, ValueError, UserError, RecursionError) as err:
         if not ours:
             return None, None
-        cause = ("not found" if isinstance(err, FileNotFoundError) else str(err)
-                 if isinstance(err, UserError) else "not readable JSON")
-        return None, cause if isinstance(err, UserError) else f"{metrics_path} {cause}"
+        if isinstance(err, UserError):  # a folder, a FIFO, a file too large: named by it
+            return None, str(err)
+        found = "not found" if isinstance(err, FileNotFoundError) else "not readable JSON"
+        return None, f"{metrics_path} {found}"
     if not isinstance(metrics, dict):
         return None, f"{metrics_path} is not a JSON object" if ours else None
     why = metrics_mismatch(metrics_path, metrics, classifier.path, classifier.fingerprint,

@@ -45,8 +45,8 @@ def grey(image: torch.Tensor) -> str:
 
 def signed(values: torch.Tensor, under: torch.Tensor | None = None) -> tuple[str, float]:
     """A signed 28×28 map, red above zero and blue below, as strong as the square root of
-    the value against the largest one; drawn over `under` (a [0, 1] drawing, shown as grey ink on white).
-    Returns the picture and that largest value (the legend's end)."""
+    the value against the largest one; drawn over `under` (a [0, 1] drawing, shown as grey
+    ink on white). Returns the picture and that largest value (the legend's end)."""
     v = values.detach().double().numpy()
     scale = float(np.abs(v).max())
     # the square root: a pixel with a tenth of the largest part still shows (at a third)
@@ -61,10 +61,10 @@ def signed(values: torch.Tensor, under: torch.Tensor | None = None) -> tuple[str
 
 def explain(classifier: Classifier, pixels: np.ndarray, prediction: dict) -> dict:
     """The why of one answer (`prediction`, as classify gave it) for one 28×28 drawing."""
-    digits = classifier.target_digits
-    answer = digits.index(prediction["digit"])
     if classifier.kind == "baseline":
         return nearest_mean_why(classifier, prediction)
+    digits = classifier.target_digits
+    answer = digits.index(prediction["digit"])
     x = to_float(torch.from_numpy(pixels)).view(-1)
     found = integrated_gradients(explaining_model(classifier), x, answer)
     total = float(found.parts.sum())
@@ -85,8 +85,8 @@ def explain(classifier: Classifier, pixels: np.ndarray, prediction: dict) -> dic
     else:
         why["says"] = (f"Integrated gradients: what each pixel of your drawing adds to "
                        f"{toward}'s score over {over}'s, on the way from blank paper to the "
-                       f"drawing. Red raises it, blue lowers it: {signed_number(total)} together, "
-                       f"on top of {signed_number(found.blank)} for blank paper.")
+                       f"drawing. Red raises it, blue lowers it: {signed_number(total)} "
+                       f"together, on top of {signed_number(found.blank)} for blank paper.")
     return why
 
 
