@@ -6,7 +6,8 @@ Starts `python -m stages.serve`, opens the page in headless Chromium (every othe
 blocked) and draws MNIST's first test digit along its ink with the mouse button held, a
 point every 20 ms (50 pointer moves a second, as a hand gives), answered live with every
 model's why. It prints, for that stroke:
-- the pointer moves, the requests sent and the answers shown before the button went up;
+- the pointer moves, the requests sent and the answers shown before the button went up (an
+  error shown instead of an answer stops the bench: it answers at once, and times nothing);
 - the frames the page painted (requestAnimationFrame) and the longest gap between two, the
   page's stutter: a gap over 50 ms is one a person sees;
 - the long tasks Chromium counted (its Long Tasks API: main-thread work of 50 ms or more);
@@ -17,7 +18,6 @@ Run it with the machine otherwise idle.
 
 from __future__ import annotations
 
-import gzip
 import statistics
 import sys
 import time
@@ -25,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.serve import test_digits
 from stages.lib.infra.kernels import cpu_name
 from tests.test_serve import CHROMEDRIVER, CHROMIUM, INSTALL, serving, wait_for
 
-SOURCES = [Path("data/raw/t10k-images-idx3-ubyte.gz"),
-           Path("../shared/mnist/t10k-images-idx3-ubyte.gz")]
 STEP_SECONDS = 0.02
 # Installed before the stroke: every frame's time, Chromium's long tasks, and the time of
 # each call of the page's show() (a global function of its script: wrapped in place).
 PROBE = """
-window.bench = {frames: [], longTasks: 0, renderMs: []};
+window.bench = {frames: [], longTasks: 0, renderMs: [], errors: []};
 new PerformanceObserver((list) => { window.bench.longTasks += list.getEntries().length; })
   .observe({type: "longtask"});
 (function frame(t) { window.bench.frames.push(t); requestAnimationFrame(frame); })(
@@ -45,14 +44,12 @@ window.show = (answer) => {
   shown(answer);
   window.bench.renderMs.push(performance.now() - start);
 };
+const said = window.say;
+window.say = (text, isError = false) => {
+  if (isError) window.bench.errors.push(text);
+  said(text, isError);
+};
 """
-
-def first_test_digit() -> np.ndarray:
-    source = next((path for path in SOURCES if path.is_file()), None)
-    if source is None:
-        sys.exit(f"bench.page: no MNIST test images at {' or '.join(map(str, SOURCES))}")
-    return np.frombuffer(gzip.open(source).read()[16:16 + 784], np.uint8).reshape(28, 28)
-
 
 def browser():
     from selenium import webdriver
@@ -73,7 +70,7 @@ def main() -> None:
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.actions.pointer_input import PointerInput
 
-    digit = first_test_digit()
+    digit = test_digits(1, "bench.page")[0]
     ink = np.argwhere(digit > 127)
     path = ink[np.lexsort((ink[:, 1], ink[:, 0]))]
     driver = browser()
@@ -100,17 +97,20 @@ def main() -> None:
             sent_before_up = int(body.get_attribute("data-sent") or 0)
             frames, long_tasks = driver.execute_script(
                 "return [window.bench.frames, window.bench.longTasks];")
-            render = driver.execute_script("return window.bench.renderMs;")
+            render, errors = driver.execute_script(
+                "return [window.bench.renderMs, window.bench.errors];")
             pen.pointer_action.pointer_up()
             pen.perform()
     finally:
         driver.quit()
+    if errors:  # an error answers at once: its speed is no measure of the page's
+        sys.exit(f"bench.page: the page showed {len(errors)} error(s), the first: {errors[0]}")
     gaps = np.diff(frames)
     print(f"page: a {stroke:.1f} s stroke of {len(path) - 1} pointer moves (one every "
           f"{STEP_SECONDS * 1000:.0f} ms), answered live with every model's why; "
           f"cpu: {cpu_name()}")
-    print(f"requests sent before the button went up: {sent_before_up}; the last one answered "
-          f"while drawing: number {live}")
+    print(f"requests sent before the button went up: {sent_before_up}, answers shown: "
+          f"{len(render)}; the last one answered while drawing: number {live}")
     print(f"frames painted: {len(frames)} ({len(frames) / stroke:.0f} a second); longest gap "
           f"{gaps.max():.1f} ms, median {statistics.median(gaps):.1f} ms; gaps over 50 ms: "
           f"{int((gaps > 50).sum())}")

@@ -45,16 +45,21 @@ SOURCES = [Path("data/raw/t10k-images-idx3-ubyte.gz"),
            Path("../shared/mnist/t10k-images-idx3-ubyte.gz")]
 
 
-def drawings(n: int) -> list[bytes]:
-    """n request bodies: MNIST test digits as the page's canvas would send them."""
+def test_digits(n: int, bench: str) -> np.ndarray:
+    """The first n MNIST test digits (n×28×28 uint8), from the pipeline's data/raw/ or
+    ../shared/mnist; `bench` names the script in the message when there are none."""
     source = next((path for path in SOURCES if path.is_file()), None)
     if source is None:
-        sys.exit(f"bench.serve: no MNIST test images at {' or '.join(map(str, SOURCES))}; "
+        sys.exit(f"{bench}: no MNIST test images at {' or '.join(map(str, SOURCES))}; "
                  f"run `dvc repro download` first")
     raw = gzip.open(source).read()[16:]
-    digits = np.frombuffer(raw, np.uint8).reshape(-1, 28, 28)[:n]
+    return np.frombuffer(raw, np.uint8).reshape(-1, 28, 28)[:n]
+
+
+def drawings(n: int) -> list[bytes]:
+    """n request bodies: MNIST test digits as the page's canvas would send them."""
     bodies = []
-    for digit in digits:
+    for digit in test_digits(n, "bench.serve"):
         canvas = 255 - np.kron(digit, np.ones((10, 10), np.uint8))
         buffer = io.BytesIO()
         Image.fromarray(canvas).convert("RGBA").save(buffer, format="PNG")
