@@ -154,17 +154,23 @@ def main() -> None:
         PREDICT = "/api/predict"
     bodies = drawings(args.requests + WARM_UP)
     extra = [arg for model in args.model or [] for arg in ("--model", model)]
+    launched = time.perf_counter()
     process, url = start_server(Path("."), *extra)
+    ready = time.perf_counter() - launched
     port = int(url.rsplit(":", 1)[1])
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port)
         connection.request("GET", "/api/models")
         names = [m["name"] for m in json.loads(connection.getresponse().read())["models"]]
         connection.close()
-        for body in bodies[:WARM_UP]:
+        send(port, bodies[0], "application/json", "127.0.0.1")
+        first = time.perf_counter() - launched
+        for body in bodies[1:WARM_UP]:
             send(port, body, "application/json", "127.0.0.1")
         print(f"POST {PREDICT}: drawings (280×280 PNG data URLs), models: {', '.join(names)}; "
               f"cpu: {cpu_name()}, {psutil.cpu_count()} cores")
+        print(f"start: {ready:.1f} s from launching `python -m stages.serve` to its first "
+              f"answer (/api/models), {first:.1f} s to a drawing's answers")
         print("each client its own address, one drawing after another; a 503 (the queue full) "
               "waits Retry-After and tries again, as the page does")
         print(f"{'clients':>8} {'answered':>9} {'503 first':>10} {'server p50':>11} "
