@@ -375,7 +375,8 @@ def fastai_python() -> Path:
 
 
 def write_mnist_sample(tensors_dir: Path, folder: Path) -> Path:
-    """fast.ai's MNIST_SAMPLE layout (train/3, train/7, valid/3, valid/7 PNGs) from tensors."""
+    """fast.ai's MNIST_SAMPLE layout (train/3, train/7, valid/3, valid/7 PNGs) from tensors
+    (a folder per digit of data/tensors: ten of them for all ten digits)."""
     from PIL import Image
 
     for split, name in (("train", "train"), ("valid", "valid")):
@@ -388,15 +389,15 @@ def write_mnist_sample(tensors_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def run_fastai(script: str, sample: Path) -> tuple[dict, float]:
-    """bench/<script> on the MNIST_SAMPLE folder, as a reader runs the book's code: with the
-    kernels torch picks for this CPU (this process pinned its own, which a child would
-    inherit). Its JSON line, and the wall seconds of the whole process."""
+def run_fastai(script: str, sample: Path, *args: str) -> tuple[dict, float]:
+    """bench/<script> on the MNIST_SAMPLE folder (then `args`), as a reader runs the book's
+    code: with the kernels torch picks for this CPU (this process pinned its own, which a
+    child would inherit). Its JSON line, and the wall seconds of the whole process."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     pin("native", env)
     start = time.perf_counter()
-    result = subprocess.run([str(fastai_python()), str(ROOT / "bench" / script), str(sample)],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run([str(fastai_python()), str(ROOT / "bench" / script), str(sample),
+                             *args], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"bench/{script} failed:\n{result.stderr[-3000:]}")

@@ -10,7 +10,8 @@ last good outputs in place.
 
 Checked besides the params: `base.device: cuda` needs a GPU torch can see;
 `base.kernels: portable` an x86-64 CPU with AVX2; a `data.source` folder must exist in an
-accepted layout; OMP_NUM_THREADS and MNIST_DEADLINE, when set,
+accepted layout; `train_cnn.weights` must name a weights file whose bytes match the hash its
+name carries and which holds `train_cnn.arch`'s weights; OMP_NUM_THREADS and MNIST_DEADLINE, when set,
 must be numbers.
 """
 
@@ -29,6 +30,11 @@ def check_environment(params: Params) -> None:
     choose_threads(params.base.threads)
     check_setting(params.base.kernels)
     check_source(params.data.source)
+    if params.train_cnn.weights != "none":
+        # here, not at the top: reading weights needs torch, which validating params does not
+        from stages.lib.learning.pretrained import load_weights
+
+        load_weights(params.train_cnn.weights, params.train_cnn.arch)
 
 
 def main() -> None:

@@ -74,6 +74,8 @@ def main(argv: list[str]) -> None:
     params = load_params()
     recipe = importlib.import_module(f"stages.{args.stage}")
     learner, _ = recipe.learner(params, TrainingRun(args.stage, params).data, log=None)
+    if learner.layer_groups is not None:  # fine_tune's: swept as fastai's vision_learner
+        learner.freeze()                  # leaves a pretrained model, its body frozen
     cfg = getattr(params, args.stage)
     found = lr_find(learner, START_LR, args.end_lr, args.num_it)
     figures.lr_find_plot(found.lrs, found.losses, found.suggestion, found.suggestion_loss,

@@ -53,7 +53,8 @@ def main() -> None:
         figures.worst_mistakes(  # the trained models: the baselines give no probabilities
             {name: worst_mistakes(r, valid, names, params.report.worst_mistakes)
              for name, r in trained.items()}, out / FIGURES["mistakes"])
-        figures.one_cycle_schedule(trained["cnn"].settings["hypers"], out / FIGURES["schedule"])
+        figures.one_cycle_schedule(trained["cnn"].settings["hypers"], out / FIGURES["schedule"],
+                                   trained["cnn"].settings.get("schedule", "one_cycle"))
         write_text(out / "report.md", render_markdown(meta, results, metrics, FIGURES,
                                                       params.base.model_dump()))
     print(f"report: {REPORT_DIR}/report.md and {len(FIGURES)} figures", file=sys.stderr)

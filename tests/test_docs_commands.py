@@ -46,6 +46,9 @@ COVERED = {
     "dvc exp run --queue": "test_threads.py (the seed study queues experiments)",
     "dvc queue ": "test_threads.py",
     "python -m stages.seed_study": "test_threads.py",
+    "python -m stages.finale": "test_finale.py::test_the_finale_runs_through_the_pipeline",
+    "python -m bench.finale": "fastai's resnet34 for 4 epochs on 48,000 images: too long "
+                              "for a test (docs/cnn.md has its run)",
     "dvc exp remove seed-": "test_threads.py",
     "dvc exp apply <NAME>": "a placeholder name",
     "dvc exp run -S 'data.digits=": "test_pipeline.py and make bench (the ten digits)",

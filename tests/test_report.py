@@ -92,8 +92,10 @@ def test_report_on_real_mnist(book_project):
     # The CNN's book figure names the book's settings that ours differ from.
     assert re.search(r"\| cnn \| 0\.99\d\d \| .* \| 0\.9970 \(book: lr 0\.1, batch_size 64\) \|",
                      report)
-    assert re.search(r"\| cnn \| resnet18 \| adam \| 0\.005 \| 1 \| 128 \| True \| cross_entropy \|",
-                     report)
+    assert re.search(r"\| cnn \| resnet18 \| none \| one_cycle \| False \| adam \| 0\.005 \| 1 \| "
+                     r"128 \| True \| cross_entropy \|", report)
+    # the book's recipe: no line on how the CNN was trained, the book's words on its schedule
+    assert "error rate" not in report and "trains as the book's `fit_one_cycle`" in report
     assert "| train | 6131 | 6265 | 12396 |" in report
 
 

@@ -55,8 +55,11 @@ PARAMS = {
                      "shuffle": False, "loss": "mnist"},
     "train_mlp": {"hidden": [30], "lr": 0.1, "epochs": 2, "batch_size": 64, "shuffle": False,
                   "loss": "mnist"},
-    "train_cnn": {"arch": "resnet18", "lr": 0.005, "epochs": 2, "batch_size": 128,
-                  "shuffle": True, "wd": 0.01},
+    "train_cnn": {"arch": "resnet18", "weights": "none", "fit": "one_cycle", "lr": 0.005,
+                  "epochs": 2, "batch_size": 128, "shuffle": True, "wd": 0.01,
+                  "augment": False, "aug_transforms": {
+                      "max_rotate": 10.0, "max_zoom": 1.1, "max_warp": 0.2,
+                      "max_lighting": 0.2, "p_affine": 0.75, "p_lighting": 0.75}},
     "report": {"worst_mistakes": 12},
 }
 

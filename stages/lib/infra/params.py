@@ -129,11 +129,36 @@ class TrainMLP(_BookTraining):
         return value
 
 
+class AugTransforms(_Section):
+    """fastai's aug_transforms() settings, without flips (learning/augment.py)."""
+    max_rotate: Annotated[Float, Field(ge=0, le=180)]  # degrees
+    max_zoom: Annotated[Float, Field(ge=1, le=4)]
+    max_warp: Annotated[Float, Field(ge=0, lt=1)]
+    max_lighting: Annotated[Float, Field(ge=0, lt=1)]
+    p_affine: Annotated[Float, Field(ge=0, le=1)]
+    p_lighting: Annotated[Float, Field(ge=0, le=1)]
+
+
 class TrainCNN(_Training):
     """resnet18 (or resnet34) trained as the book does: Adam, fit_one_cycle with `lr` as its
-    peak, cross-entropy over the digits."""
-    arch: Literal["resnet18", "resnet34"]  # models.ARCHITECTURES
+    peak, cross-entropy over the digits; or, from ImageNet weights, fastai's fine_tune."""
+    arch: Literal["resnet18", "resnet34"]  # resnet.ARCHITECTURES
+    # none | imagenet | a path to a weights file (learning/pretrained.py checks it)
+    weights: Annotated[str, Field(min_length=1)]
+    fit: Literal["one_cycle", "fine_tune"]
     wd: Annotated[Float, Field(ge=0)]
+    augment: StrictBool
+    aug_transforms: AugTransforms
+
+    @field_validator("weights")
+    @classmethod
+    def _none_imagenet_or_a_path(cls, value: str) -> str:
+        if value.lower() in ("none", "imagenet") and value not in ("none", "imagenet"):
+            raise ValueError(f"must be none, imagenet (in lower case) or a path to a weights "
+                             f"file")
+        if any(ord(c) < 32 for c in value):
+            raise ValueError("must be one line: none, imagenet or a path to a weights file")
+        return value
 
     @field_validator("batch_size")
     @classmethod

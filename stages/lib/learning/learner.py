@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .losses import LossFn
+from .optim import norm_bias_params
 from .predictions import batch_accuracy, batched_logits
-from .schedules import Schedule, one_cycle
+from .schedules import ONE_CYCLE, Schedule, one_cycle
 
 
 class Optimizer(Protocol):
@@ -24,6 +25,7 @@ class Optimizer(Protocol):
     the gradients, and hyperparameters as attributes a schedule can set (`lr`, `mom`)."""
     name: str
     lr: float
+    lr_mults: list[float]  # each layer group's lr, as a multiple of `lr`
 
     def step(self) -> None: ...
     def zero_grad(self) -> None: ...
@@ -56,6 +58,11 @@ class Learner:
     hypers: list[dict] = field(default_factory=list)   # scheduled values, one row per step
     schedule: str | None = None                        # the name of the schedule they follow
     steps: int = 0                                     # batches trained on so far
+    batch_tfm: Callable[[torch.Tensor], torch.Tensor] | None = None  # training batches only
+    # fine_tune's: fastai's parameter groups (body to head), and what builds a fresh
+    # optimizer over the parameters that train
+    layer_groups: list[list[nn.Parameter]] | None = None
+    opt_func: Callable[[], Optimizer] | None = None
 
     def batches(self) -> list[torch.Tensor] | list[slice]:
         n = len(self.train_y)
@@ -71,6 +78,12 @@ class Learner:
         if self.drop_last and n >= self.batch_size:
             return n // self.batch_size
         return -(-n // self.batch_size)
+
+    def training_batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images and targets at `index`, the images through `batch_tfm`
+        (augmentation: training batches only, never validation)."""
+        xb, yb = self.train_x[index], self.train_y[index]
+        return (xb if self.batch_tfm is None else self.batch_tfm(xb)), yb
 
     def one_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One step: predict, loss, backward, step, zero grad; returns the (detached) loss."""
@@ -91,7 +104,7 @@ class Learner:
         for index in self.batches():
             if schedules:
                 self.set_hypers(schedules, (self.steps - first_step) / total_steps)
-            xb, yb = self.train_x[index], self.train_y[index]
+            xb, yb = self.training_batch(index)
             # Summed on the device: no per-batch .item() sync.
             total += self.one_batch(xb, yb) * len(yb)
             count += len(yb)
@@ -130,10 +143,66 @@ class Learner:
                 self.on_epoch(self.history[-1])
         return self.history
 
-    def fit_one_cycle(self, epochs: int, lr_max: float) -> list[dict]:
-        """fastai's `fit_one_cycle(epochs, lr_max)`, with its defaults (schedules.one_cycle)."""
+    def fit_one_cycle(self, epochs: int, lr_max: float | slice,
+                      pct_start: float = ONE_CYCLE["pct_start"],
+                      div: float = ONE_CYCLE["div"]) -> list[dict]:
+        """fastai's `fit_one_cycle(epochs, lr_max)`, with its defaults (schedules.one_cycle).
+        A slice of learning rates spreads them over the layer groups, as fastai does
+        (`lr_range`): each group follows the one-cycle schedule of its own peak."""
         self.schedule = "one_cycle"
-        return self.fit(epochs, one_cycle(lr_max))
+        peaks = self.lr_range(lr_max)
+        self.opt.lr_mults = [peak / peaks[-1] for peak in peaks]
+        return self.fit(epochs, one_cycle(peaks[-1], div=div, pct_start=pct_start))
+
+    def lr_range(self, lr: float | slice) -> list[float]:
+        """fastai's `Learner.lr_range`: a float for every layer group; `slice(lr)`, lr/10
+        for every group but the last; `slice(start, stop)`, geometrically spread from start
+        to stop (`even_mults`)."""
+        n = len(self.layer_groups or [None])
+        if not isinstance(lr, slice):
+            return [lr] * n
+        if lr.start is None:
+            return [lr.stop / 10] * (n - 1) + [lr.stop]
+        if n == 1:
+            return [lr.stop]
+        step = (lr.stop / lr.start) ** (1 / (n - 1))
+        return [lr.start * step ** i for i in range(n)]
+
+    def freeze_to(self, n: int) -> None:
+        """fastai's `freeze_to`: the layer groups before `n` stop training but for their
+        BatchNorm layers and biases (fastai's `train_bn`: a body's BatchNorm statistics must
+        follow the new data), and the optimizer starts afresh, as fastai clears its state."""
+        if self.layer_groups is None or self.opt_func is None:
+            raise ValueError("freezing needs the Learner's layer_groups and opt_func")
+        trains_frozen = norm_bias_params(self.model)
+        for i, group in enumerate(self.layer_groups):
+            for p in group:
+                p.requires_grad_(i >= n or id(p) in trains_frozen)
+        self.opt = self.opt_func()
+
+    def freeze(self) -> None:
+        """fastai's `freeze`: only the last layer group (the new head) trains, and the
+        BatchNorm layers."""
+        self.freeze_to(-1 % len(self.layer_groups or [None]))
+
+    def unfreeze(self) -> None:
+        self.freeze_to(0)
+
+    def fine_tune(self, epochs: int, base_lr: float, freeze_epochs: int = 1,
+                  lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0
+                  ) -> list[dict]:
+        """fastai's `fine_tune`, step for step: `freeze_epochs` of one-cycle with the body
+        frozen, at `base_lr` for the head (`slice(base_lr)`, warming up over 99% of the
+        steps); then, unfrozen, `epochs` of one-cycle at half that, the layer groups' peaks
+        spread from base_lr/2/lr_mult (the body's first layers) to base_lr/2 (the head)."""
+        self.freeze()
+        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
+        base_lr /= 2
+        self.unfreeze()
+        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start,
+                           div=div)
+        self.schedule = "fine_tune"
+        return self.history
 
     def _finite(self, *losses: float) -> bool:
         # Weights too: a saturated sigmoid keeps mnist_loss finite while weights blow up.

@@ -64,7 +64,7 @@ def sweep(learner: Learner, start_lr: float, end_lr: float, num_it: int,
     while True:
         for index in learner.batches():
             learner.opt.lr = schedule(len(lrs) / num_it)
-            loss = learner.one_batch(learner.train_x[index], learner.train_y[index]).item()
+            loss = learner.one_batch(*learner.training_batch(index)).item()
             avg = beta * avg + (1 - beta) * loss
             lrs.append(learner.opt.lr)
             losses.append(avg / (1 - beta ** len(lrs)))

@@ -8,6 +8,7 @@ treat them alike.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from ..infra.errors import UserError
 from ..infra.provenance import data_record, digits_problem
 from ..infra.torchio import load_pt, save_pt
-from .resnet import resnet18, resnet34
+from .resnet import ARCHITECTURES
 
 N_PIXELS = 28 * 28
 CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits", "tensors"}
@@ -24,8 +25,6 @@ CHECKPOINT_KEYS = {"config", "training", "state_dict", "digits", "target_digits"
 # that a metrics file edited by hand is told from the stage's own (older files lack it).
 SCORES_KEY = "metrics"
 TRAINED = ("linear", "mlp", "cnn")  # the models the pipeline trains, stage train_<name> each
-# train_cnn.arch: torchvision's architectures the CNN can be (resnet18 is the book's)
-ARCHITECTURES = {"resnet18": resnet18, "resnet34": resnet34}
 
 
 def linear_model(n_outputs: int) -> nn.Module:
@@ -43,17 +42,31 @@ def simple_net(hidden: list[int], n_outputs: int) -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
-def resnet_for_mnist(n_classes: int, input_mean: float = 0.0, input_std: float = 1.0,
-                     init: bool = True, arch: str = "resnet18") -> nn.Module:
-    """torchvision's resnet18 (or `arch`) from scratch (resnet.py, torchvision's own, weight
-    for weight; no weights downloaded), its first conv taking the one grey channel instead
-    of RGB, behind `GreyImages`: 784 pixels to a standardised 1×28×28 image. `init=False`:
-    without torchvision's init (shapes only)."""
+def resnet_for_mnist(n_classes: int, input_mean: float | list[float] = 0.0,
+                     input_std: float | list[float] = 1.0, init: bool = True,
+                     arch: str = "resnet18") -> nn.Module:
+    """torchvision's resnet18 (or `arch`) (resnet.py, torchvision's own, weight for weight),
+    behind what turns 784 pixels into its input. From scratch (one mean and std), its first
+    conv takes the one grey channel instead of RGB, behind `GreyImages`: a standardised
+    1×28×28 image. For ImageNet weights (a mean and std per RGB channel), it keeps its
+    three-channel conv, behind `GreyAsRGB`. `init=False`: without torchvision's init (shapes
+    only)."""
     net = ARCHITECTURES[arch](num_classes=n_classes, init=init)
+    if isinstance(input_mean, list):
+        return nn.Sequential(GreyAsRGB(input_mean, input_std), net)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if init:  # the init torchvision gives its own convs, not nn.Conv2d's default
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(GreyImages(input_mean, input_std), net)
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """fastai's parameter groups for a resnet (`_resnet_split`), which fine_tune freezes and
+    gives their own learning rates: the stem, layer1 and layer2; layer3 and layer4; the
+    head."""
+    net = model[1]
+    stages = [[net.conv1, net.bn1, net.layer1, net.layer2], [net.layer3, net.layer4], [net.fc]]
+    return [[p for module in stage for p in module.parameters()] for stage in stages]
 
 
 def build_model(config: dict, shapes_only: bool = False) -> nn.Module:
@@ -120,6 +133,25 @@ class GreyImages(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std).view(-1, 1, 28, 28)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
+class GreyAsRGB(nn.Module):
+    """Flat 784 pixels in [0, 1] to 3×28×28 images: the grey channel as the three equal
+    channels ImageNet weights expect (fastai opens MNIST's PNGs as RGB), each normalised with
+    ImageNet's mean and std (the reader's `Normalize.from_stats(*imagenet_stats)`)."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.mean, self.std = list(mean), list(std)  # plain floats: in the config
+        # not persistent: rebuilt from the config, not read from the state_dict
+        self.register_buffer("mean_", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std_", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.view(-1, 1, 28, 28).expand(-1, 3, -1, -1) - self.mean_) / self.std_
 
     def extra_repr(self) -> str:
         return f"mean={self.mean}, std={self.std}"
@@ -197,18 +229,54 @@ def checkpoint_problems(checkpoint: dict) -> list[str]:
                              or config["arch"] not in ARCHITECTURES):
         problems.append(f"config.arch is {config['arch']!r} (expected "
                         f"{' or '.join(ARCHITECTURES)}, for a cnn)")
-    for key in ("input_mean", "input_std"):
-        if key in config and not _finite(config[key]):
-            problems.append(f"config.{key} is {config[key]!r} (expected a finite number)")
-    if _finite(config.get("input_std", 1.0)) and config.get("input_std", 1.0) <= 0:
-        problems.append(f"config.input_std is {config['input_std']!r} (expected a number above "
-                        f"0: the CNN divides its input by it)")
+    problems += _input_stats_problems(config) or _pretrained_problems(config)
     state = checkpoint["state_dict"]
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         problems.append("state_dict is not a mapping of tensors")
     if problems:
         return problems
     return _weight_problems(config, state)
+
+
+def _input_stats_problems(config: dict) -> list[str]:
+    """The CNN's input_mean and input_std: a finite number each (from scratch), or three each
+    (a mean and std per RGB channel, for ImageNet weights); the std above 0."""
+    problems, stats = [], {}
+    for key, default in (("input_mean", 0.0), ("input_std", 1.0)):
+        value = stats[key] = config.get(key, default)
+        values = value if isinstance(value, list) else [value]
+        if (isinstance(value, list) and len(value) != 3) or not all(map(_finite, values)):
+            problems.append(f"config.{key} is {value!r} (expected a finite number, or three: "
+                            f"one per RGB channel)")
+        elif key == "input_std" and min(values) <= 0:
+            problems.append(f"config.input_std is {value!r} (expected a number above 0: the "
+                            f"CNN divides its input by it)")
+    if not problems and isinstance(stats["input_mean"], list) != isinstance(stats["input_std"],
+                                                                             list):
+        shown = {key: repr(config[key]) if key in config else "absent" for key in stats}
+        problems.append(f"config.input_mean is {shown['input_mean']} and input_std "
+                        f"{shown['input_std']} (expected a number each, or three each)")
+    return problems
+
+
+def _pretrained_problems(config: dict) -> list[str]:
+    """What a CNN's config records of the weights it started from, where it records them:
+    the file's name, its SHA-256 and whether torchvision published it (the report shows
+    them)."""
+    if "pretrained" not in config:
+        return []
+    record = config["pretrained"]
+    if not (isinstance(record, dict) and set(record) == {"file", "sha256", "published"}
+            and isinstance(record["file"], str) and record["file"]
+            and isinstance(record["sha256"], str)
+            and re.fullmatch(r"[0-9a-f]{64}", record["sha256"])
+            and isinstance(record["published"], bool)):
+        return [f"config.pretrained is {record!r} (expected the weights file's name, its "
+                f"SHA-256 and whether torchvision published it)"]
+    if not isinstance(config.get("input_mean"), list):
+        return ["config.pretrained names ImageNet weights, but the input is not normalised "
+                "for them (expected three input_mean and input_std values)"]
+    return []
 
 
 def _weight_problems(config: dict, state: dict[str, torch.Tensor]) -> list[str]:

@@ -95,3 +95,7 @@ def resnet34(num_classes: int = 1000, init: bool = True) -> ResNet:
     """torchvision's `resnet34(weights=None, num_classes=...)`: the same blocks as resnet18,
     3, 4, 6 and 3 of them per stage instead of 2."""
     return ResNet([3, 4, 6, 3], num_classes, init)
+
+
+# train_cnn.arch: torchvision's architectures the CNN can be (resnet18 is the book's)
+ARCHITECTURES = {"resnet18": resnet18, "resnet34": resnet34}

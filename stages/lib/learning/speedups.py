@@ -66,7 +66,11 @@ class FusedAdam:
 
     def __init__(self, adam: Adam):
         self.lr, self.mom, self.sqr_mom, self.eps = adam.lr, adam.mom, adam.sqr_mom, adam.eps
-        self.groups = [(adam.decay, adam.wd), (adam.no_decay, 0.0)]
+        self.lr_mults = adam.lr_mults
+        # one kernel call per layer group and decay setting: each its own lr and wd
+        self.groups = [([p for p in params if adam.group_of[id(p)] == group], wd, group)
+                       for group in range(len(adam.lr_mults))
+                       for params, wd in ((adam.decay, adam.wd), (adam.no_decay, 0.0))]
         params = adam.decay + adam.no_decay
         # AdamW's state, as it builds it for the fused kernel: float32 step counts
         self.grad_avg = {p: torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -77,7 +81,7 @@ class FusedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        for params, wd in self.groups:
+        for params, wd, group in self.groups:
             params = [p for p in params if p.grad is not None]
             if not params:
                 continue
@@ -85,12 +89,13 @@ class FusedAdam:
             torch._foreach_add_(steps, 1)
             torch._fused_adamw_(params, [p.grad for p in params],
                                 [self.grad_avg[p] for p in params],
-                                [self.sqr_avg[p] for p in params], [], steps,
-                                amsgrad=False, lr=self.lr, beta1=self.mom, beta2=self.sqr_mom,
+                                [self.sqr_avg[p] for p in params], [], steps, amsgrad=False,
+                                lr=self.lr * self.lr_mults[group], beta1=self.mom,
+                                beta2=self.sqr_mom,
                                 weight_decay=wd, eps=self.eps, maximize=False)
 
     def zero_grad(self) -> None:
-        for params, _ in self.groups:
+        for params, _, _ in self.groups:
             for p in params:
                 p.grad = None
 

@@ -127,14 +127,15 @@ class TrainingRun:
         m = self.metrics
         print(f"{self.stage}: accuracy {m['accuracy']}, balanced {m['balanced_accuracy']}, "
               f"per class {m['per_class']} ({seconds:.1f} s on {self.device}, "
-              f"{seconds / self.cfg.epochs:.2f} s/epoch, {self.threads}, {self.kernels})",
+              f"{seconds / len(learner.history):.2f} s/epoch, {self.threads}, {self.kernels})",
               file=sys.stderr)
 
     def save(self, learner: Learner, config: dict) -> None:
         """models/<name>.pt (the weights, `config` to rebuild the model, how it was trained,
         on which tensors), metrics/<name>.json and plots/<name>.tsv."""
         meta = self.data.meta
-        metrics = {**final_metrics(learner, self.cfg.epochs, meta), **self.settings()}
+        metrics = {**final_metrics(learner, meta), **self.settings(),
+                   **pretrained_file(config)}
         fingerprint = save_checkpoint(f"models/{self.name}.pt", learner.model, config,
                                       self.training_record(learner), meta, metrics)
         write_text(f"plots/{self.name}.tsv", history_tsv(learner.history))
@@ -161,15 +162,24 @@ class TrainingRun:
         return record
 
 
-def final_metrics(learner: Learner, epochs: int, meta: dict) -> dict:
+def pretrained_file(config: dict) -> dict:
+    """What metrics/<name>.json says of the weights a model started from: the file's name
+    (its SHA-256 and whether torchvision published it: in the checkpoint), or nothing for a
+    model trained from scratch."""
+    return {"pretrained": config["pretrained"]["file"]} if "pretrained" in config else {}
+
+
+def final_metrics(learner: Learner, meta: dict) -> dict:
     """metrics/<name>.json: the trained model's scores on the validation set, and what they
-    were computed from."""
+    were computed from: the data, and the epochs and optimizer steps it trained for
+    (fine_tune's frozen epoch counted: one more epoch than train_cnn.epochs)."""
     last = learner.history[-1]
     preds = predict(batched_logits(learner.model, learner.valid_x))
     return {**classification_metrics(preds, learner.valid_y, meta["digits"]),
             "train_loss": round(last["train_loss"], DECIMALS),
             "valid_loss": round(last["valid_loss"], DECIMALS),
-            "epochs": epochs, "n_train": len(learner.train_y),
+            "epochs": len(learner.history), "steps": learner.steps,
+            "n_train": len(learner.train_y),
             "n_valid": len(learner.valid_y), "source": meta["source"],
             "split": meta["split"]}
 

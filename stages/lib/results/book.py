@@ -8,6 +8,10 @@ BOOK_DATA = {"digits": [3, 7], "split": "official"}
 BOOK_SOURCES = ("mnist", "mnist_sample")
 _BOOK_TRAINING = {"batch_size": 256, "shuffle": False, "loss": "mnist"}
 
+# The book's CNN: resnet18 from scratch, fit_one_cycle, no augmentation. A run recorded
+# before one of these params existed did what its default does.
+BOOK_CNN = {"arch": "resnet18", "weights": "none", "fit": "one_cycle", "augment": False}
+
 # (model, the settings that must match, the book's settings that may differ: named beside
 # its figure where ours differ, the book's figure: metric key -> value)
 BOOK_FIGURES = [
@@ -22,7 +26,8 @@ BOOK_FIGURES = [
     # The chapter's last step, fit_one_cycle(1, 0.1) in batches of 64 (the DataLoader's
     # default) with fastai's weight decay: one epoch is what makes it that step; its peak lr
     # and batch size are ours to tune (docs/cnn.md), so they are named, not required.
-    ("cnn", {"epochs": 1}, {"lr": 0.1, "batch_size": 64, "wd": 0.01}, {"accuracy": 0.997}),
+    ("cnn", {"epochs": 1, **BOOK_CNN}, {"lr": 0.1, "batch_size": 64, "wd": 0.01},
+     {"accuracy": 0.997}),
 ]
 
 
@@ -52,7 +57,25 @@ def book_figure(model: str, settings: dict, meta: dict) -> dict | None:
     if not is_book_data(meta):
         return None
     for name, required, named, figure in BOOK_FIGURES:
-        if name == model and all(settings.get(k) == v for k, v in required.items()):
+        if name == model and all(settings.get(k, BOOK_CNN.get(k)) == v
+                                 for k, v in required.items()):
             differ = {k: v for k, v in named.items() if settings.get(k) != v}
             return {**figure, "book_settings": differ} if differ else figure
     return None
+
+
+def cnn_recipe(settings: dict, scores: dict) -> str | None:
+    """A line saying how the CNN was trained, where it was not the book's way (resnet18 from
+    scratch, fit_one_cycle, no augmentation): its architecture, what it started from (from
+    scratch said in so many words), its fit, augmentation, and its error rate, as fastai
+    reports it. `settings`: train_cnn's params as run; `scores`: metrics/cnn.json."""
+    if all(settings.get(k, v) == v for k, v in BOOK_CNN.items()):
+        return None
+    start = (f"from the weights in {scores['pretrained']}" if scores.get("pretrained")
+             else "from scratch (train_cnn.weights: none, no pretrained weights)")
+    fit = (f"fastai's fine_tune (1 epoch with the body frozen, then {settings['epochs']})"
+           if settings.get("fit") == "fine_tune" else
+           f"fit_one_cycle ({settings['epochs']} epoch(s))")
+    augment = "with aug_transforms()" if settings.get("augment") else "no augmentation"
+    return (f"cnn: {settings.get('arch', BOOK_CNN['arch'])} {start}, {fit}, {augment}: error "
+            f"rate {1 - scores['accuracy']:.4f}.")

@@ -5,8 +5,6 @@ reason and what to do. Torch-free, for the summary."""
 
 from __future__ import annotations
 
-import math
-
 from ..data.raw import SAMPLE
 
 # Fewer optimizer steps than this, and a trained model's accuracy says more about its
@@ -22,24 +20,17 @@ def at_chance(balanced_accuracy: float, n_classes: int) -> bool:
     return balanced_accuracy < 1 / n_classes + 0.05
 
 
-def optimizer_steps(name: str, trained_with: dict, n_train: int) -> int:
-    """How many batches training took: the CNN drops the last, smaller batch (as fastai's
-    loader does), the book's models keep it."""
-    epochs, batch_size = trained_with["epochs"], trained_with["batch_size"]
-    if name == "cnn" and n_train >= batch_size:
-        return epochs * (n_train // batch_size)
-    return epochs * math.ceil(n_train / batch_size)
-
-
 def caveats(baseline: dict, trained: dict[str, tuple[dict, dict]], n_train: int,
             source: str) -> list[str]:
     """A line per trained model whose numbers need a word: `trained` maps each model to its
     scores and the settings it trained with; `baseline` is the L1 baseline's scores."""
     lines = []
     for name, (scores, trained_with) in trained.items():
-        steps = optimizer_steps(name, trained_with, n_train)
+        # as the stage counted them (metrics written before it did: not said)
+        steps = scores.get("steps", MIN_STEPS)
         how = (f"{trained_with['epochs']} epoch(s) of {n_train} images in batches of "
-               f"{trained_with['batch_size']}: {steps} optimizer steps")
+               f"{trained_with['batch_size']}" + (f": {steps} optimizer steps"
+                                                  if "steps" in scores else ""))
         why = []
         if at_chance(scores["balanced_accuracy"], len(scores["per_class"])):
             why.append(f"balanced accuracy {scores['balanced_accuracy']:.4f} is chance level "

@@ -88,8 +88,10 @@ def training_curves(histories: dict[str, list[dict]], baselines: dict[str, dict]
     save(fig, path)
 
 
-def one_cycle_schedule(hypers: dict[str, list[float]], path: Path) -> None:
-    """The learning rate and momentum (Adam's β1) the CNN was trained with, step by step."""
+def one_cycle_schedule(hypers: dict[str, list[float]], path: Path,
+                       schedule: str = "one_cycle") -> None:
+    """The learning rate and momentum (Adam's β1) the CNN was trained with, step by step
+    (for fine_tune, the head's learning rate: the other layer groups' are fractions of it)."""
     fig, (lr_ax, mom_ax) = plt.subplots(1, 2, figsize=(10, 3.4))
     steps = range(len(hypers["lr"]))
     lr_ax.plot(steps, hypers["lr"], color=MODEL_COLOURS["cnn"])
@@ -99,7 +101,8 @@ def one_cycle_schedule(hypers: dict[str, list[float]], path: Path) -> None:
     mom_ax.set(title="Momentum (Adam's β1)", xlabel="training step", ylabel="β1")
     for ax in (lr_ax, mom_ax):
         ax.grid(alpha=0.3)
-    fig.suptitle("CNN: the one-cycle schedule it followed")
+    fig.suptitle("CNN: the one-cycle schedule it followed" if schedule != "fine_tune" else
+                 "CNN: fine_tune's two one-cycle schedules, frozen then unfrozen (the head's lr)")
     save(fig, path)
 
 

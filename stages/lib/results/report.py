@@ -14,7 +14,7 @@ from ..infra.provenance import ModelOutputs, check_one_run, mixed_settings
 from ..learning.models import TRAINED, initial_model, load_checkpoint
 from ..learning.predictions import batched_logits, predict, true_class_loss
 from ..learning.similarity import class_distances, load_means, nearest_margin
-from .book import book_figure, figure_text, is_book_data
+from .book import book_figure, cnn_recipe, figure_text, is_book_data
 from .caveats import caveats
 from .history import read_history
 from .markdown import markdown_table
@@ -65,7 +65,9 @@ def trained_result(name: str, model: torch.nn.Module, checkpoint: dict, metrics:
     logits = batched_logits(model, as_inputs(valid, torch.device("cpu"))[0])
     config = checkpoint["config"]
     settings = {**checkpoint["training"], "hidden": config["hidden"],
-                **{k: config[k] for k in ("arch", "input_mean", "input_std") if k in config}}
+                **{k: config[k] for k in ("arch", "input_mean", "input_std") if k in config},
+                # the file it started from, where `weights` may say only "imagenet"
+                **({"weights": config["pretrained"]["file"]} if "pretrained" in config else {})}
     return ModelResult(name, name, metrics, predict(logits),
                        true_class_loss(logits, valid.targets), "loss", settings)
 
@@ -96,6 +98,32 @@ def confusion_by_digit(result: ModelResult, valid: Split, digits: list[int]) -> 
 
 # --- markdown --------------------------------------------------------------------------------
 
+def cnn_input(settings: dict) -> str:
+    """What the CNN is fed, as its config records it."""
+    if isinstance(settings.get("input_mean"), list):
+        return ("the CNN, started from ImageNet weights, takes the grey digit as the three "
+                "equal channels they expect, normalised by ImageNet's mean and standard "
+                "deviation per channel (input_mean, input_std), as fastai feeds MNIST.")
+    return ("the CNN takes them standardised, (pixel − input_mean) / input_std, by the "
+            "training images' own mean and standard deviation.")
+
+
+def cnn_schedule(settings: dict) -> str:
+    """How the CNN's schedule went, by its fit."""
+    arch = settings.get("arch", "resnet18")
+    if settings.get("fit") == "fine_tune":
+        return (f"The {arch} trains as fastai's `fine_tune` does: one epoch of one-cycle with "
+                f"the body frozen, warming up to its peak over 99% of its steps, then the "
+                f"whole net unfrozen for its other epochs of one-cycle at half the peak, "
+                f"warming up from a fifth of it over the first 30% of their steps; each layer "
+                f"group at its own fraction of the rate drawn (the head's). The values below "
+                f"are the ones the optimizer had at each step.")
+    return (f"The {arch} trains as the book's `fit_one_cycle` does: the learning rate warms up "
+            f"along a cosine from lr/25 to its peak over the first 25% of steps, then anneals "
+            f"to lr/1e5, while Adam's β1 goes from 0.95 down to 0.85 and back. The values below "
+            f"are the ones the optimizer had at each step.")
+
+
 def results_table(results: list[ModelResult], meta: dict) -> str:
     digits = [str(d) for d in meta["digits"]]
     book = is_book_data(meta)
@@ -119,8 +147,9 @@ def data_table(meta: dict) -> str:
 
 
 def training_table(results: list[ModelResult], metrics: dict[str, dict]) -> str:
-    keys = ("arch", "optimizer", "lr", "epochs", "batch_size", "shuffle", "loss", "init",
-            "hidden", "wd", "input_mean", "input_std", "seed", "device", "threads", "kernels")
+    keys = ("arch", "weights", "fit", "augment", "optimizer", "lr", "epochs", "batch_size",
+            "shuffle", "loss", "init", "hidden", "wd", "input_mean", "input_std", "seed",
+            "device", "threads", "kernels")
     rows = []
     for r in results:
         if r.key in metrics:
@@ -143,6 +172,7 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
     digits = ", ".join(str(d) for d in meta["digits"])
     warning = ([f"> **{FALLBACK_WARNING.replace(chr(10), ' ')}**"]
                if fell_back(meta["source"], meta.get("requested")) else [])
+    cnn_settings = next(r.settings for r in results if r.key == "cnn")
     sections = [
         "# MNIST basics: results", *warning,
         f"Digits {digits} from **{meta['source']}**, validation split **{meta['split']}** "
@@ -152,24 +182,21 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         *(f"> **{line}**" for line in caveats(
             metrics["baseline"]["l1"], {r.key: (r.metrics, r.settings) for r in results
                                         if r.key in TRAINED}, meta["n_train"], meta["source"])),
+        *(f"> {line}" for line in (cnn_recipe(r.settings, r.metrics) for r in results
+                                    if r.key == "cnn") if line),
         book_note,
         "Accuracy is pooled over the validation set; balanced accuracy is the mean of the "
         "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
         "## Data", data_table(meta),
         "## Training", training_table(results, metrics),
         *(f"> **{line}**" for line in mixed_settings(metrics, base)),
-        "The linear model and MLP take the pixels in [0, 1], as the book's do; the CNN takes "
-        "them standardised, (pixel − input_mean) / input_std, by the training images' own mean "
-        "and standard deviation.",
+        "The linear model and MLP take the pixels in [0, 1], as the book's do; " + cnn_input(
+            cnn_settings),
         f"![training curves]({figures['curves']})",
         "## The ideal digits",
         "The pixel-similarity baseline compares each image with the mean training image of "
         "each digit:", f"![mean images]({figures['means']})",
-        "## The CNN's one-cycle schedule",
-        "The resnet18 trains as the book's `fit_one_cycle` does: the learning rate warms up "
-        "along a cosine from lr/25 to its peak over the first 25% of steps, then anneals to "
-        "lr/1e5, while Adam's β1 goes from 0.95 down to 0.85 and back. The values below are the "
-        "ones the optimizer had at each step.",
+        "## The CNN's one-cycle schedule", cnn_schedule(cnn_settings),
         f"![one-cycle schedule]({figures['schedule']})",
         "## Confusion matrices", f"![confusion matrices]({figures['confusion']})",
         "## What the linear model looks at",

@@ -14,11 +14,13 @@ from ..infra.errors import UserError
 from ..infra.files import decode_text, parse_json, read_text, read_yaml, regular_file
 from ..infra.provenance import (file_fingerprint, metrics_mismatch, mixed_settings,
                                 recorded_scores, settings_text)
-from .book import book_figure, figure_text, is_book_data
+from .book import book_figure, cnn_recipe, figure_text, is_book_data
 from .caveats import caveats
 from .markdown import text_table
 
 LOCK = Path("dvc.lock")
+# fastai's own code for the finale on this machine, as `python -m bench.finale` last ran it
+FASTAI_FINALE = Path("bench/results/finale.json")
 PARAMS = Path("params.yaml")
 WIDTH = 92  # of the notes under the table, as wide as the fallback warning
 
@@ -211,9 +213,31 @@ def _rows(stages: dict, metrics: dict, meta: dict) -> tuple[dict, list[list[str]
             trained[name] = (scores, trained_with)
     meta["caveats"] = caveats(metrics["baseline"]["l1"], trained, meta["n_train"],
                               meta["source"])
+    meta["recipe"] = [line for line in [cnn_recipe(trained["cnn"][1], metrics["train_cnn"]),
+                                        fastai_finale(metrics["train_cnn"])]
+                      if line and "train_cnn" not in meta["mismatched"]]
     meta["mixed"] = mixed_settings({name: metrics[stage] for name, stage, _, _ in MODELS},
                                    params_base())
     return meta, rows
+
+
+def fastai_finale(cnn: dict, path: Path = FASTAI_FINALE) -> str | None:
+    """fastai's error rate on the CNN's own images, from `python -m bench.finale`, if it ran
+    on these tensors (a later run on other data makes it nobody's comparison)."""
+    try:
+        theirs = (parse_json(read_text(path), path, "bench.finale's results") if path.is_file()
+                  else None)
+    except UserError:
+        return None
+    if not isinstance(theirs, dict) or theirs.get("tensors") != cnn.get("tensors"):
+        return None
+    try:
+        return (f"fastai's code on the same images (`python -m bench.finale`, {theirs['cpu']}, "
+                f"{theirs['date']}): error rate {float(theirs['error_rate']):.4f}, its lr_find "
+                f"valley {float(theirs['lr']):.3g}, {theirs['epochs']} epochs after the frozen "
+                f"one.")
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def params_base(path: Path = PARAMS) -> dict | None:
@@ -239,7 +263,8 @@ def render_summary(meta: dict, rows: list[list[str]]) -> str:
                                 [[*r[:3], r[4]] for r in rows]))
         lines += ["", "Not the book's data (MNIST 3s and 7s, the MNIST test set to validate),\n"
                       "so there are no book figures to compare with."]
-    for note in (*meta.get("caveats", []), *meta.get("mixed", [])):  # read on a terminal
+    for note in (*meta.get("recipe", []), *meta.get("caveats", []),  # read on a terminal
+                 *meta.get("mixed", [])):
         lines += ["", textwrap.fill(note, WIDTH, break_long_words=False,
                                     break_on_hyphens=False)]
     notes = [f"Not shown: {why}." for why in meta.get("mismatched", {}).values()]
