@@ -18,7 +18,7 @@ from stages.lib.infra.params import load_params
 from stages.lib.infra.provenance import metrics_origin
 from stages.lib.infra.threads import use_threads
 from stages.lib.learning.similarity import DISTANCES, class_means, predict_nearest, save_means
-from stages.lib.results.metrics import classification_metrics
+from stages.lib.learning.metrics import classification_metrics
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.lib.results.metrics import classification_metrics, confusion_matrix, per_class_accuracy
+from stages.lib.learning.metrics import classification_metrics, confusion_matrix, per_class_accuracy
 from stages.lib.learning.similarity import class_means, distances, predict_nearest
 from tests.helpers import read_json, run
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stages.lib.learning.models import load_checkpoint
-from stages.lib.results.history import HISTORY_COLUMNS, read_history
+from stages.lib.learning.history import HISTORY_COLUMNS, read_history
 from tests.helpers import read_json, run, run_module, set_params, stages_run
 
 BOOK = {"linear": 0.9696, "mlp": 0.9828}

@@ -24,8 +24,8 @@ from ..infra.kernels import use_kernels
 from ..infra.params import Params
 from ..infra.provenance import metrics_origin
 from ..infra.threads import use_threads
-from ..results.history import HISTORY_COLUMNS, history_tsv
-from ..results.metrics import DECIMALS, classification_metrics
+from .history import HISTORY_COLUMNS, history_tsv
+from .metrics import DECIMALS, classification_metrics
 from .learner import Learner, TrainingDiverged
 from .losses import loss_name
 from .models import save_checkpoint

@@ -11,14 +11,14 @@ from ..data.raw import FALLBACK_WARNING, fell_back
 from ..data.tensors import Split, as_inputs, targets_in_digit_order
 from ..infra.files import read_json
 from ..infra.provenance import ModelOutputs, check_one_run, mixed_settings
+from ..learning.history import read_history
+from ..learning.metrics import confusion_matrix
 from ..learning.models import TRAINED, initial_model, load_checkpoint
 from ..learning.predictions import batched_logits, predict, true_class_loss
 from ..learning.similarity import class_distances, load_means, nearest_margin
 from .book import book_figure, cnn_recipe, figure_text, is_book_data
 from .caveats import caveats
-from .history import read_history
 from .markdown import markdown_table
-from .metrics import confusion_matrix
 
 
 @dataclass
