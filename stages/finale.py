@@ -27,6 +27,7 @@ from stages.lib.infra.errors import UserError, run_stage
 from stages.lib.infra.files import read_text
 from stages.lib.learning.pretrained import PUBLISHED, how_to_get, weights_file
 
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m stages.finale",
                                      description=__doc__.split("\n\n")[0].split(": ", 1)[1])

@@ -31,8 +31,8 @@ from stages.lib.infra.errors import UserError, end_with_parent, run_stage
 from stages.lib.infra.experiments import DVC
 from stages.lib.infra.files import read_yaml
 from stages.lib.infra.gitindex import repair_hidden_changes, results_changed
-from stages.lib.results.summary import (UNCOMMITTED, locked_stages, render_summary,
-                                        summary_rows)
+from stages.lib.results.summary import (COMMITTED_AGAIN, UNCOMMITTED, locked_stages,
+                                        render_summary, summary_rows)
 
 UP_TO_DATE = "Data and pipelines are up to date."
 
@@ -146,6 +146,8 @@ def main() -> None:
     print(render_summary(*summary_rows(locked_stages())))
     if results_changed():  # DVC's `git add dvc.lock` hint above, in context
         print(UNCOMMITTED)
+    else:
+        print(COMMITTED_AGAIN)
 
 
 if __name__ == "__main__":

@@ -264,6 +264,8 @@ def test_reset_restores_the_last_good_outputs_after_a_failed_repro(book_copy):
     for path, data in good.items():
         assert (book_copy / path).read_bytes() == data, path
     assert "Data and pipelines are up to date." in run(book_copy, "dvc", "status").stdout
+    # DVC rewrote dvc.lock as the commit's and may say `git add dvc.lock`: reset says why not
+    assert "dvc.lock and metrics/ are the last commit's: nothing to commit" in reset.stdout
 
 
 @pytest.mark.long

@@ -202,3 +202,29 @@ def test_a_stage_that_is_done_ends_its_process_with_exit_handlers_run_and_output
             "runpy.run_module('stages.check_params', run_name='__main__'); print('not reached')")
     result = run(project, sys.executable, "-c", code)
     assert result.returncode == 0 and result.stdout == "buffered, not flushedhandlers ran\n"
+
+
+def test_a_command_whose_reader_goes_away_stops_quietly(project):
+    """`make metrics | head -3`: once head has its lines, the command stops with 141 (as
+    Unix tools do on SIGPIPE) and no BrokenPipeError traceback."""
+    code = ("from stages.lib.infra.errors import run_stage; "
+            "run_stage('summary', lambda: [print('row', i) for i in range(200_000)], "
+            "kind='command')")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=project, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == "row 0\n"
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 141, stderr
+    assert stderr == ""
+
+
+def test_a_stage_run_outside_the_venv_says_where_the_packages_are():
+    # python -S: no site-packages, as the system Python in a shell where the venv is not
+    # active; one line instead of a ModuleNotFoundError from deep in a stage's imports.
+    result = subprocess.run([sys.executable, "-S", "-m", "stages.predict", "seven.png"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "lacks the project's packages (torch, psutil" in result.stderr
+    assert "`. .venv/bin/activate`" in result.stderr

