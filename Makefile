@@ -39,7 +39,7 @@ metrics: $(STAMP)  ## each model's accuracy beside the book's, from metrics/ as 
 test: $(STAMP)  ## run the tests (what CI runs)
 	python -m pytest
 
-test-fast: $(STAMP)  ## the unit tests on tiny data only, no pipeline run (about a minute on 2 cores)
+test-fast: $(STAMP)  ## the tests that run no pipeline, most on tiny data (about a minute on 2 cores)
 	python -m pytest -m "not pipeline"
 
 bench: $(STAMP)  ## benchmark: Learner vs the chapter's loop, CNN vs fastai, queue sweeps, dvc repro, each stage's start
