@@ -12,23 +12,23 @@ long as the CNN's tensors are the ones it ran on.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.bench import machine, run_fastai, write_mnist_sample
-from stages.lib.infra.files import write_json
+from stages.lib.infra.files import read_json, write_json
 from stages.lib.infra.params import load_params
 from stages.lib.results.summary import FASTAI_FINALE
 
 
 def main() -> None:
     params = load_params()
-    if params.train_cnn.fit != "fine_tune":
-        sys.exit("bench.finale: the workspace's CNN is not a fine_tune run; run "
-                 "`python -m stages.finale` first")
-    ours = json.loads(Path("metrics/cnn.json").read_text())
+    if params.train_cnn.fit != "fine_tune" or params.train_cnn.arch != "resnet34":
+        # the write-up's code trains a resnet34 with fine_tune, nothing else
+        sys.exit("bench.finale: the workspace's CNN is not the finale's (a resnet34 trained "
+                 "with fine_tune); run `python -m stages.finale` first")
+    ours = read_json("metrics/cnn.json", "the CNN's metrics")
     with tempfile.TemporaryDirectory(prefix="finale-") as tmp:
         folder = write_mnist_sample(Path("data/tensors"), Path(tmp))
         print("bench.finale: running the write-up's fastai code ...", file=sys.stderr)

@@ -17,14 +17,12 @@ fastai code on the same images, on this machine, beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 from stages.lib.infra import experiments
 from stages.lib.infra.errors import UserError, run_stage
-from stages.lib.infra.files import read_text
+from stages.lib.infra.files import read_json
 from stages.lib.learning.pretrained import PUBLISHED, how_to_get, weights_file
 
 
@@ -89,7 +87,7 @@ def main(argv: list[str]) -> None:
     settings, start = finale_settings(args.settings)
     print(f"finale: the reader's fastai finale, {start}", flush=True)
     run_experiment(settings)
-    print(report(json.loads(read_text(Path("metrics/cnn.json"))), start))
+    print(report(read_json("metrics/cnn.json", "the CNN's metrics"), start))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from stages.lib.data.tensors import Split, as_inputs, tensors_fingerprint  # noq
 from stages.lib.infra.files import fingerprint, write_text  # noqa: E402
 from stages.lib.infra.kernels import cpu_name, use_kernels  # noqa: E402
 from stages.lib.infra.params import Params, validate_params  # noqa: E402
+from stages.lib.learning.augment import AUG_DEFAULTS  # noqa: E402
 from stages.lib.learning.predictions import batched_logits  # noqa: E402
 from stages.lib.learning.similarity import DISTANCES, class_distances, class_means  # noqa: E402
 from stages.lib.learning.training import TrainingData  # noqa: E402
@@ -57,9 +58,7 @@ PARAMS = {
                   "loss": "mnist"},
     "train_cnn": {"arch": "resnet18", "weights": "none", "fit": "one_cycle", "lr": 0.005,
                   "epochs": 2, "batch_size": 128, "shuffle": True, "wd": 0.01,
-                  "augment": False, "aug_transforms": {
-                      "max_rotate": 10.0, "max_zoom": 1.1, "max_warp": 0.2,
-                      "max_lighting": 0.2, "p_affine": 0.75, "p_lighting": 0.75}},
+                  "augment": False, "aug_transforms": AUG_DEFAULTS},
     "report": {"worst_mistakes": 12},
 }
 

@@ -151,6 +151,7 @@ def _fit_problem(state: dict[str, torch.Tensor], arch: str, name_others: bool = 
         return (f"{len(missing)} tensor(s) missing, {len(extra)} not {arch}'s, {len(wrong)} of "
                 f"another shape ({key}: expected {list(expected.get(key, ())) or 'none'}, "
                 f"found {list(found[key]) if key in found else 'none'})")
+
     def odd(key: str, v: torch.Tensor) -> bool:  # torchvision's: dense floats, int64 counts
         kind_ok = v.dtype == torch.int64 if key in optional else v.dtype in FLOATS
         return v.layout != torch.strided or v.is_meta or not kind_ok

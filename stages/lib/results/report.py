@@ -172,7 +172,7 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
     digits = ", ".join(str(d) for d in meta["digits"])
     warning = ([f"> **{FALLBACK_WARNING.replace(chr(10), ' ')}**"]
                if fell_back(meta["source"], meta.get("requested")) else [])
-    cnn_settings = next(r.settings for r in results if r.key == "cnn")
+    cnn = next(r for r in results if r.key == "cnn")
     sections = [
         "# MNIST basics: results", *warning,
         f"Digits {digits} from **{meta['source']}**, validation split **{meta['split']}** "
@@ -182,8 +182,7 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         *(f"> **{line}**" for line in caveats(
             metrics["baseline"]["l1"], {r.key: (r.metrics, r.settings) for r in results
                                         if r.key in TRAINED}, meta["n_train"], meta["source"])),
-        *(f"> {line}" for line in (cnn_recipe(r.settings, r.metrics) for r in results
-                                    if r.key == "cnn") if line),
+        *(f"> {line}" for line in [cnn_recipe(cnn.settings, cnn.metrics)] if line),
         book_note,
         "Accuracy is pooled over the validation set; balanced accuracy is the mean of the "
         "per-class accuracies (the book's `(accuracy_3s + accuracy_7s) / 2`).",
@@ -191,12 +190,12 @@ def render_markdown(meta: dict, results: list[ModelResult], metrics: dict[str, d
         "## Training", training_table(results, metrics),
         *(f"> **{line}**" for line in mixed_settings(metrics, base)),
         "The linear model and MLP take the pixels in [0, 1], as the book's do; " + cnn_input(
-            cnn_settings),
+            cnn.settings),
         f"![training curves]({figures['curves']})",
         "## The ideal digits",
         "The pixel-similarity baseline compares each image with the mean training image of "
         "each digit:", f"![mean images]({figures['means']})",
-        "## The CNN's one-cycle schedule", cnn_schedule(cnn_settings),
+        "## The CNN's one-cycle schedule", cnn_schedule(cnn.settings),
         f"![one-cycle schedule]({figures['schedule']})",
         "## Confusion matrices", f"![confusion matrices]({figures['confusion']})",
         "## What the linear model looks at",
