@@ -30,9 +30,8 @@ from pathlib import Path
 from stages.lib.infra.errors import UserError, end_with_parent, run_stage
 from stages.lib.infra.experiments import DVC
 from stages.lib.infra.files import read_yaml
-from stages.lib.infra.gitindex import repair_hidden_changes, results_changed
-from stages.lib.results.summary import (COMMITTED_AGAIN, UNCOMMITTED, locked_stages,
-                                        render_summary, summary_rows)
+from stages.lib.infra.gitindex import repair_hidden_changes
+from stages.lib.results.summary import commit_note, locked_stages, render_summary, summary_rows
 
 UP_TO_DATE = "Data and pipelines are up to date."
 
@@ -144,10 +143,7 @@ def main() -> None:
                         f"{status.stderr}")
     print(f"reset: dvc status: {UP_TO_DATE}\n", file=sys.stderr)
     print(render_summary(*summary_rows(locked_stages())))
-    if results_changed():  # DVC's `git add dvc.lock` hint above, in context
-        print(UNCOMMITTED)
-    else:
-        print(COMMITTED_AGAIN)
+    print(commit_note())  # DVC's `git add dvc.lock` hint above, in context
 
 
 if __name__ == "__main__":

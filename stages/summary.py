@@ -5,17 +5,15 @@ params dvc.lock records for them. Not a DVC stage: it reads, and writes nothing.
 from __future__ import annotations
 
 from stages.lib.infra.errors import UserError, run_stage
-from stages.lib.infra.gitindex import repair_hidden_changes, results_changed
-from stages.lib.results.summary import (UNCOMMITTED, locked_stages, render_summary,
-                                        summary_rows)
+from stages.lib.infra.gitindex import repair_hidden_changes
+from stages.lib.results.summary import commit_note, locked_stages, render_summary, summary_rows
 
 
 def main() -> None:
     repair_hidden_changes("summary")  # a change git's index hides is seen, and said
     meta, rows = summary_rows(locked_stages())
     print(render_summary(meta, rows))
-    if results_changed():
-        print(UNCOMMITTED)
+    print(commit_note())
     if meta["mismatched"]:
         stages = " ".join(meta["mismatched"])
         raise UserError(f"the metrics of {', '.join(meta['mismatched'])} are not the scores "

@@ -278,8 +278,10 @@ def test_metrics_that_are_not_their_checkpoint_s_scores_are_not_shown(book_copy)
 
 def test_results_that_differ_from_the_last_commit_say_when_to_commit_them(book_copy):
     """DVC's `git add dvc.lock` hint, after a run, is put in context."""
-    assert "differ from the last commit" not in run_module(book_copy, "stages.summary",
-                                                            check=True).stdout
+    committed = run_module(book_copy, "stages.summary", check=True).stdout
+    assert "differ from the last commit" not in committed
+    assert ("dvc.lock and metrics/ are the last commit's: nothing to commit (DVC's `git add "
+            "dvc.lock` hint, if it printed one, can be passed by)") in words(committed)
     path = book_copy / "metrics/mlp.json"
     ran = path.read_text()
     path.write_text(ran.replace("0.98", "0.97", 1))  # the commit holds other results

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..data.raw import FALLBACK_WARNING, fell_back
 from ..infra.errors import UserError
 from ..infra.files import decode_text, parse_json, read_text, read_yaml, regular_file
+from ..infra.gitindex import results_changed
 from ..infra.provenance import (file_fingerprint, metrics_mismatch, mixed_settings,
                                 recorded_scores, settings_text)
 from .book import book_figure, cnn_recipe, figure_text, is_book_data
@@ -33,9 +34,18 @@ UNCOMMITTED = (
     "committed results (offline, the sample's). With base.kernels: portable on the CPU, every\n"
     "x86-64 machine computes the same dvc.lock; one from the native kernels or a GPU holds for\n"
     "that machine alone.")
-# After `make reset`, where DVC may have printed the same hint for a dvc.lock it rewrote as HEAD's.
+# Where DVC printed the same hint for a dvc.lock it rewrote as the commit's (a run on real
+# MNIST after an offline one, `make reset`).
 COMMITTED_AGAIN = ("\ndvc.lock and metrics/ are the last commit's: nothing to commit (DVC's "
                    "`git add dvc.lock` hint,\nif it printed one, can be passed by).")
+
+
+def commit_note() -> str:
+    """The summary's last lines: whether dvc.lock and metrics/ are the commit's, and what to
+    do with them (DVC's `git add dvc.lock` hint above them, in context)."""
+    return UNCOMMITTED if results_changed() else COMMITTED_AGAIN
+
+
 # (as shown, the stage that wrote it, its metrics file, the key in book.BOOK_FIGURES)
 MODELS = (("baseline (L1)", "baseline", "metrics/baseline.json", "baseline_l1"),
           ("linear", "train_linear", "metrics/linear.json", "linear"),
